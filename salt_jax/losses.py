@@ -1,0 +1,243 @@
+"""Training losses: Lovasz hinge, BCE (logits and probabilities), soft dice, and the gated multi-loss.
+
+Shapes follow docs/DESIGN.md: mask logits and masks are (N, 128, 128, 1) (a trailing channel of 1 is
+optional everywhere here), the salt/no-salt gate is a probability (N, 1). Every loss upcasts its
+inputs to at least float32 (bf16 activations are common on accelerators) and returns a 0-d array.
+
+The Lovasz hinge follows Berman, Rannen Triki & Blaschko, "The Lovasz-Softmax loss" (CVPR 2018):
+errors e = 1 - logits * (2y - 1) are sorted in decreasing order and dotted with the gradient of the
+Lovasz extension of the Jaccard loss, evaluated on the labels in that order. The permutation is a
+constant for differentiation (as in the published algorithm), so the gradient reaches the logits
+through a gather of the errors, and the weights carry no gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# The 101x101 competition image sits at [13:114] of the reflect-padded 128x128 map.
+CROP_101 = slice(13, 114)
+
+LOVASZ_VARIANTS = ("elu+1", "relu")
+
+
+def _compute_dtype(x: jax.Array) -> jnp.dtype:
+    """float32 for bf16/f16/f32/int inputs; float64 stays float64 (tests run in x64)."""
+    return jnp.promote_types(jnp.result_type(x), jnp.float32)
+
+
+def _flatten_images(x: jax.Array, name: str) -> jax.Array:
+    """(N, H, W) or (N, H, W, 1) -> (N, H*W)."""
+    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] != 1):
+        raise ValueError(f"{name} must be (N, H, W) or (N, H, W, 1), got shape {x.shape}")
+    return x.reshape(x.shape[0], -1)
+
+
+def _lovasz_jaccard_weights(labels_sorted: jax.Array) -> jax.Array:
+    """Gradient of the Lovasz extension of the Jaccard loss at labels sorted by decreasing error.
+
+    labels_sorted: (N, P) in {0, 1}. Returns (N, P): w_i = J_i - J_{i-1} with
+    J_i = 1 - (P - cumsum(y)_i) / (P + cumsum(1 - y)_i), P = number of positives.
+    The union is never 0 (it counts at least one pixel), so an empty mask gives w = (1, 0, ..., 0).
+    Counts are exact in float32 up to 2**24 pixels per row.
+    """
+    positives = labels_sorted.sum(axis=-1, keepdims=True)
+    intersection = positives - jnp.cumsum(labels_sorted, axis=-1)
+    union = positives + jnp.cumsum(1.0 - labels_sorted, axis=-1)
+    jaccard = 1.0 - intersection / union
+    return jnp.concatenate([jaccard[:, :1], jnp.diff(jaccard, axis=-1)], axis=-1)
+
+
+def _lovasz_rows(logits: jax.Array, labels: jax.Array, variant: str) -> jax.Array:
+    """Lovasz hinge of each row: logits, labels (R, P) -> (R,).
+
+    All rows are sorted by one batched argsort (no Python loop over images).
+    """
+    signs = 2.0 * labels - 1.0
+    errors = 1.0 - logits * signs
+    perm = jnp.argsort(lax.stop_gradient(errors), axis=-1, descending=True)
+    errors_sorted = jnp.take_along_axis(errors, perm, axis=-1)
+    weights = lax.stop_gradient(_lovasz_jaccard_weights(jnp.take_along_axis(labels, perm, axis=-1)))
+    if variant == "relu":
+        hinge = jax.nn.relu(errors_sorted)
+    else:  # "elu+1": smooth, strictly positive, and still decreasing for confident correct pixels
+        hinge = jax.nn.elu(errors_sorted) + 1.0
+    return jnp.sum(hinge * weights, axis=-1)
+
+
+def lovasz_hinge(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    per_image: bool = True,
+    variant: str = "elu+1",
+    symmetric: bool = False,
+) -> jax.Array:
+    """Binary Lovasz hinge loss (Berman et al. 2018).
+
+    Args:
+      logits: (N, H, W) or (N, H, W, 1) raw scores (any float dtype; computed in >= float32).
+      labels: same shape, binary {0, 1}.
+      per_image: True = Lovasz of each image, then the mean over images (empty masks included);
+        False = one Lovasz over all pixels of the batch.
+      variant: "elu+1" uses elu(e) + 1 on the errors (the original solution), "relu" the standard hinge.
+      symmetric: average with the loss of the flipped problem, (L(x, y) + L(-x, 1 - y)) / 2.
+
+    Returns:
+      0-d loss. For an empty mask the loss of that image is hinge(max error).
+    """
+    if variant not in LOVASZ_VARIANTS:
+        raise ValueError(f"lovasz_hinge: variant must be one of {LOVASZ_VARIANTS}, got {variant!r}")
+    if logits.shape != labels.shape:
+        raise ValueError(f"lovasz_hinge: logits {logits.shape} and labels {labels.shape} differ in shape")
+    dtype = _compute_dtype(logits)
+    x = _flatten_images(logits, "logits").astype(dtype)
+    y = _flatten_images(labels, "labels").astype(dtype)
+    if not per_image:
+        x, y = x.reshape(1, -1), y.reshape(1, -1)
+    loss = jnp.mean(_lovasz_rows(x, y, variant))
+    if symmetric:
+        loss = 0.5 * (loss + jnp.mean(_lovasz_rows(-x, 1.0 - y, variant)))
+    return loss
+
+
+def bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean binary cross-entropy from logits, stable for any magnitude.
+
+    Uses max(x, 0) - x*y + log(1 + exp(-|x|)), as torch.nn.functional.binary_cross_entropy_with_logits.
+    logits, targets: any matching shapes. Returns a 0-d mean.
+    """
+    dtype = _compute_dtype(logits)
+    x, y = logits.astype(dtype), targets.astype(dtype)
+    return jnp.mean(jax.nn.relu(x) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
+
+
+def _clamped_log(p: jax.Array) -> jax.Array:
+    """max(log p, -100) with a finite gradient (0 where clamped) even at p == 0.
+
+    A plain jnp.maximum(jnp.log(p), -100) has gradient 0 * inf = nan at p == 0, so the log only
+    sees positive values (the double-where pattern).
+    """
+    positive = p > 0
+    log_p = jnp.log(jnp.where(positive, p, 1.0))
+    return jnp.where(positive, jnp.maximum(log_p, -100.0), -100.0)
+
+
+def bce_prob(probs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean binary cross-entropy of probabilities, logs clamped at -100 like torch's BCELoss.
+
+    probs in [0, 1], targets in [0, 1], any matching shapes. Returns a 0-d mean. Saturated
+    probabilities (exactly 0 or 1, common after a float32 sigmoid) give a finite loss (100 per
+    element) and a zero gradient through the clamped term.
+    """
+    dtype = _compute_dtype(probs)
+    p, y = probs.astype(dtype), targets.astype(dtype)
+    return -jnp.mean(y * _clamped_log(p) + (1.0 - y) * _clamped_log(1.0 - p))
+
+
+def soft_dice(probs: jax.Array, targets: jax.Array, *, double_sigmoid: bool = False) -> jax.Array:
+    """Batch-level soft dice loss with smoothing 1: 1 - (2 sum(p*y) + 1) / (sum p + sum y + 1).
+
+    probs: probabilities (any shape), targets: same shape. Sums run over the whole batch.
+    double_sigmoid=True reproduces the original solution's quirk of applying a sigmoid to the
+    (already sigmoided) probabilities inside its dice.
+    """
+    dtype = _compute_dtype(probs)
+    p, y = probs.astype(dtype), targets.astype(dtype)
+    if double_sigmoid:
+        p = jax.nn.sigmoid(p)
+    return 1.0 - (2.0 * jnp.sum(p * y) + 1.0) / (jnp.sum(p) + jnp.sum(y) + 1.0)
+
+
+def seg_loss_bce_dice(
+    mask_logits: jax.Array, masks: jax.Array, *, double_sigmoid: bool = False
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Warm-up segmentation loss: dice(sigmoid(logits)) + 0.2 * BCE(sigmoid(logits), mask).
+
+    The BCE is on probabilities (clamped like torch's BCELoss), as in the original.
+    Returns (loss, {"dice", "bce"}).
+    """
+    probs = jax.nn.sigmoid(mask_logits.astype(_compute_dtype(mask_logits)))
+    dice = soft_dice(probs, masks, double_sigmoid=double_sigmoid)
+    bce = bce_prob(probs, masks)
+    return dice + 0.2 * bce, {"dice": dice, "bce": bce}
+
+
+def _crop_101(x: jax.Array) -> jax.Array:
+    """(N, 128, 128, C) -> (N, 101, 101, C), the unpadded competition crop."""
+    if x.shape[1:3] != (128, 128):
+        raise ValueError(f"crop_101 needs (N, 128, 128, C) maps, got shape {x.shape}")
+    return x[:, CROP_101, CROP_101]
+
+
+def multi_loss(
+    mask_logits: jax.Array,
+    salt_prob: jax.Array,
+    masks: jax.Array,
+    *,
+    use_lovasz: jax.Array | bool,
+    crop_101: bool = False,
+    symmetric: bool = False,
+    lovasz_variant: str = "elu+1",
+    double_sigmoid: bool = False,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The original's gated loss: 0.1 * BCE(salt_prob, any salt) + seg.
+
+    seg = dice + 0.2 * BCE on sigmoid(mask_logits) while use_lovasz is false, else the per-image
+    Lovasz hinge. The branch is chosen with lax.cond on a traced value, so one jitted step serves
+    every epoch (see lovasz_schedule).
+
+    Args:
+      mask_logits: (N, 128, 128, 1) logits.
+      salt_prob: (N, 1) salt probability (already sigmoided) from the classifier head.
+      masks: (N, 128, 128, 1) float {0, 1} (padded, augmented).
+      use_lovasz: bool or 0-d bool array (may be traced).
+      crop_101: compute the pixel losses on the 101x101 crop [13:114] only. The classifier target
+        always comes from the whole mask, as in the original.
+      symmetric, lovasz_variant: passed to lovasz_hinge.
+      double_sigmoid: passed to soft_dice.
+
+    Returns:
+      (loss, aux) with aux = {"loss", "bce_cls", "seg", "dice", "bce", "lovasz", "use_lovasz"}; the
+      components of the branch not taken are 0 (it is not computed).
+    """
+    n = masks.shape[0]
+    has_salt = jnp.any(masks.reshape(n, -1) > 0.5, axis=-1)
+    bce_cls = bce_prob(salt_prob.reshape(n), has_salt)
+    if crop_101:
+        mask_logits, masks = _crop_101(mask_logits), _crop_101(masks)
+    dtype = _compute_dtype(mask_logits)
+    mask_logits, masks = mask_logits.astype(dtype), masks.astype(dtype)
+    zero = jnp.zeros((), dtype)
+
+    def warmup_branch(logits: jax.Array, target: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        seg, parts = seg_loss_bce_dice(logits, target, double_sigmoid=double_sigmoid)
+        return seg, {**parts, "lovasz": zero}
+
+    def lovasz_branch(logits: jax.Array, target: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        lovasz = lovasz_hinge(logits, target, per_image=True, variant=lovasz_variant, symmetric=symmetric)
+        return lovasz, {"dice": zero, "bce": zero, "lovasz": lovasz}
+
+    use_lovasz = jnp.asarray(use_lovasz, dtype=bool)
+    seg, parts = lax.cond(use_lovasz, lovasz_branch, warmup_branch, mask_logits, masks)
+    loss = 0.1 * bce_cls.astype(dtype) + seg
+    aux = {"loss": loss, "bce_cls": bce_cls, "seg": seg, **parts, "use_lovasz": use_lovasz}
+    return loss, aux
+
+
+def lovasz_schedule(switch_step: int) -> Callable[[jax.Array | int], jax.Array]:
+    """Optax-style schedule: count -> 0-d bool, true from switch_step on.
+
+    Works on any counter: `lovasz_schedule(20)(epoch)` reproduces the original (Lovasz from epoch
+    20), `lovasz_schedule(20 * steps_per_epoch)(step)` derives it from the optimizer step. The
+    count may be traced, so a jitted step does not recompile when it changes.
+    """
+
+    def schedule(count: jax.Array | int) -> jax.Array:
+        return jnp.asarray(count) >= switch_step
+
+    return schedule
