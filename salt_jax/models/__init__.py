@@ -1,0 +1,5 @@
+"""Models: SE-ResNeXt encoders (Cadene layout) and the SaltUNet."""
+
+from salt_jax.models.senet import SENet, SENetConfig, se_resnext50_32x4d, se_resnext101_32x4d, se_resnext_tiny
+
+__all__ = ["SENet", "SENetConfig", "se_resnext50_32x4d", "se_resnext101_32x4d", "se_resnext_tiny"]
