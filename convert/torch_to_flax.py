@@ -1,0 +1,360 @@
+"""PyTorch state_dict -> salt_jax checkpoint, through declarative name maps.
+
+    python -m convert.torch_to_flax --arch se_resnext50_32x4d [--weights FILE.pth] --out DIR
+
+A name map is a function of the architecture that yields one `Entry(flax_path, torch_key,
+transform)` per tensor, so it reads as a table (print it with `--print-map`). Every arch
+has one map in `CONVERTERS`; the UNet adds its own by composing the helpers below
+(`conv`, `batchnorm`, `linear`, `bottleneck`, `senet_name_map` with prefixes).
+
+Conversion is strict: each Flax state leaf must be filled exactly once from a torch tensor
+of the right shape, and each torch tensor (except BatchNorm's `num_batches_tracked`
+counters) must be used. Anything else is a `ConversionError` that lists every offending
+key, grouped as missing / unexpected / shape mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import pathlib
+import sys
+import urllib.error
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from salt_jax.models.senet import CONFIGS, EXPANSION, SENetConfig
+
+FlaxPath = tuple[str | int, ...]
+
+
+class ConversionError(ValueError):
+    """The torch checkpoint does not match the Flax model (or is not a state_dict)."""
+
+
+class Entry(NamedTuple):
+    """One row of a name map: Flax state path <- transform(torch tensor)."""
+
+    flax_path: FlaxPath
+    torch_key: str
+    transform: str
+
+
+# Each transform turns a torch tensor (as numpy) into the Flax layout.
+TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "conv": lambda w: w.transpose(2, 3, 1, 0),  # OIHW -> HWIO
+    "linear": lambda w: w.T,  # (out, in) -> (in, out)
+    "conv1x1_as_linear": lambda w: w[:, :, 0, 0].T,  # (out, in, 1, 1) -> (in, out)
+    "copy": lambda w: w,  # biases, BatchNorm vectors
+}
+
+# ---------------------------------------------------------------- name-map building blocks
+
+
+def conv(flax: FlaxPath, torch: str, *, bias: bool = False) -> Iterator[Entry]:
+    """A Conv2d: weight -> kernel (OIHW -> HWIO), bias -> bias."""
+    yield Entry((*flax, "kernel"), f"{torch}.weight", "conv")
+    if bias:
+        yield Entry((*flax, "bias"), f"{torch}.bias", "copy")
+
+
+def batchnorm(flax: FlaxPath, torch: str) -> Iterator[Entry]:
+    """A BatchNorm2d: weight -> scale, bias, running_mean -> mean, running_var -> var."""
+    for flax_name, torch_name in (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var")):
+        yield Entry((*flax, flax_name), f"{torch}.{torch_name}", "copy")
+
+
+def linear(flax: FlaxPath, torch: str, *, as_conv1x1: bool = False) -> Iterator[Entry]:
+    """An nnx.Linear from torch Linear (out, in) or from a 1x1 Conv2d with bias (out, in, 1, 1)."""
+    yield Entry((*flax, "kernel"), f"{torch}.weight", "conv1x1_as_linear" if as_conv1x1 else "linear")
+    yield Entry((*flax, "bias"), f"{torch}.bias", "copy")
+
+
+def bottleneck(flax: FlaxPath, torch: str, *, downsample: bool) -> Iterator[Entry]:
+    """Cadene's SEResNeXtBottleneck; our `downsample.conv/bn` are torch's `downsample.0/1`."""
+    for i in (1, 2, 3):
+        yield from conv((*flax, f"conv{i}"), f"{torch}.conv{i}")
+        yield from batchnorm((*flax, f"bn{i}"), f"{torch}.bn{i}")
+    yield from linear((*flax, "se_module", "fc1"), f"{torch}.se_module.fc1", as_conv1x1=True)
+    yield from linear((*flax, "se_module", "fc2"), f"{torch}.se_module.fc2", as_conv1x1=True)
+    if downsample:
+        yield from conv((*flax, "downsample", "conv"), f"{torch}.downsample.0")
+        yield from batchnorm((*flax, "downsample", "bn"), f"{torch}.downsample.1")
+
+
+def senet_stages(
+    cfg: SENetConfig,
+    *,
+    flax_prefix: FlaxPath = (),
+    torch_stages: tuple[str, str, str, str] = ("layer1", "layer2", "layer3", "layer4"),
+) -> Iterator[Entry]:
+    """layer1..layer4 of an SE-ResNeXt; the UNet passes its own prefixes (e.g. conv2..conv5)."""
+    in_features = cfg.stem_width
+    for stage, (torch_stage, planes, n_blocks) in enumerate(zip(torch_stages, cfg.planes, cfg.blocks), start=1):
+        for i in range(n_blocks):
+            # Same rule as senet.Bottleneck: project when the stride or the width changes.
+            stride = 2 if (stage > 1 and i == 0) else 1
+            needs_projection = stride != 1 or in_features != planes * EXPANSION
+            yield from bottleneck((*flax_prefix, f"layer{stage}", i), f"{torch_stage}.{i}", downsample=needs_projection)
+            in_features = planes * EXPANSION
+
+
+def senet_name_map(cfg: SENetConfig) -> Iterator[Entry]:
+    """The full Cadene SENet classifier: stem (layer0), layer1..layer4, last_linear."""
+    yield from conv(("layer0", "conv1"), "layer0.conv1")
+    yield from batchnorm(("layer0", "bn1"), "layer0.bn1")
+    yield from senet_stages(cfg)
+    yield from linear(("last_linear",), "last_linear")
+
+
+# ---------------------------------------------------------------- the arch registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Converter:
+    """How to convert one arch: its salt_jax.models.io arch name, name map and default weights."""
+
+    io_arch: str
+    name_map: Callable[[], Iterator[Entry]]
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    url: str | None = None  # official weights, downloaded when --weights is not given
+
+
+_CADENE = "http://data.lip6.fr/cadene/pretrainedmodels"
+
+CONVERTERS: dict[str, Converter] = {
+    "se_resnext50_32x4d": Converter(
+        "se_resnext50_32x4d",
+        lambda: senet_name_map(CONFIGS["se_resnext50_32x4d"]),
+        {"num_classes": 1000},
+        f"{_CADENE}/se_resnext50_32x4d-a260b3a4.pth",
+    ),
+    "se_resnext101_32x4d": Converter(
+        "se_resnext101_32x4d",
+        lambda: senet_name_map(CONFIGS["se_resnext101_32x4d"]),
+        {"num_classes": 1000},
+        f"{_CADENE}/se_resnext101_32x4d-3b2fe3d8.pth",
+    ),
+    # Random-weight checkpoints only (tests, demo): no official weights exist.
+    "se_resnext_tiny": Converter("se_resnext_tiny", lambda: senet_name_map(CONFIGS["tiny"]), {"num_classes": 1000}),
+}
+
+# ---------------------------------------------------------------- reading torch checkpoints
+
+
+def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """The float tensors of a torch checkpoint as numpy arrays.
+
+    Accepts a plain state_dict, one wrapped as {"state_dict": ...}, and DataParallel keys
+    ("module." prefix). Loads with weights_only=True: no code in the file is run.
+
+    Raises:
+      ConversionError: the file cannot be read or does not hold a state_dict.
+    """
+    import torch
+
+    path = pathlib.Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a bad file; all mean the same here
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from err
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise ConversionError(
+            f"{path}: expected a state_dict (a dict of parameter name -> tensor), got {type(obj).__name__}"
+        )
+    if all(k.startswith("module.") for k in obj):
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return {k: v.detach().cpu().numpy() for k, v in obj.items()}
+
+
+def download_weights(url: str) -> pathlib.Path:
+    """Downloads `url` once into torch's hub cache and returns the local file.
+
+    Raises:
+      ConversionError: offline or unreachable (says how to proceed without network).
+    """
+    import torch.hub
+
+    target = pathlib.Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), progress=sys.stderr.isatty())
+    except (urllib.error.URLError, OSError) as err:
+        raise ConversionError(
+            f"could not download {url} ({err}). Without network, download that file on another "
+            f"machine, copy it here and pass it with --weights FILE.pth (or place it at {target})."
+        ) from err
+    return target
+
+
+# ---------------------------------------------------------------- conversion
+
+
+def convert_state(arch: str, torch_state: dict[str, np.ndarray]):
+    """Builds the Flax model of `arch` with its state taken from `torch_state`.
+
+    Returns the module (eval mode). Raises ConversionError listing every missing, unexpected
+    and mis-shaped key.
+    """
+    from flax import nnx
+
+    from salt_jax.models import io
+
+    converter = CONVERTERS[arch]
+    model = io.build(converter.io_arch, converter.model_kwargs, abstract=True)
+    graphdef, abstract_state = nnx.split(model)
+    target = nnx.to_pure_dict(abstract_state)
+
+    entries = list(converter.name_map())
+    filled, missing, mismatched = {}, [], []
+    for entry in entries:
+        leaf = _get(target, entry.flax_path)
+        if entry.torch_key not in torch_state:
+            missing.append(f"{entry.torch_key} (for {_dotted(entry.flax_path)})")
+            continue
+        value = TRANSFORMS[entry.transform](torch_state[entry.torch_key])
+        if value.shape != leaf.shape:
+            mismatched.append(
+                f"{entry.torch_key}: torch {torch_state[entry.torch_key].shape} -> {value.shape} "
+                f"after {entry.transform!r}, but {_dotted(entry.flax_path)} is {leaf.shape}"
+            )
+            continue
+        filled[entry.flax_path] = value.astype(leaf.dtype)
+
+    used = {e.torch_key for e in entries}
+    unexpected = sorted(k for k in torch_state if k not in used and not k.endswith("num_batches_tracked"))
+    mapped = {e.flax_path for e in entries}
+    unmapped = [_dotted(p) for p in _leaf_paths(target) if p not in mapped]
+    if missing or unexpected or mismatched or unmapped:
+        raise ConversionError(_report(arch, missing, unexpected, mismatched, unmapped))
+
+    for path, value in filled.items():
+        _set(target, path, value)
+    nnx.replace_by_pure_dict(abstract_state, target)
+    model = nnx.merge(graphdef, abstract_state)
+    model.eval()
+    return model
+
+
+def _report(arch: str, missing, unexpected, mismatched, unmapped) -> str:
+    lines = [f"the checkpoint does not match {arch}:"]
+    for title, keys in (
+        ("missing from the checkpoint", missing),
+        ("unexpected in the checkpoint", unexpected),
+        ("shape mismatch", mismatched),
+        ("Flax state not covered by the name map (a converter bug)", unmapped),
+    ):
+        if keys:
+            lines.append(f"  {title} ({len(keys)}):")
+            lines.extend(f"    {k}" for k in keys)
+    return "\n".join(lines)
+
+
+def _get(tree: dict, path: FlaxPath):
+    for key in path:
+        if not isinstance(tree, dict) or key not in tree:
+            raise KeyError(f"name map names {_dotted(path)}, which the Flax model does not have")
+        tree = tree[key]
+    return tree
+
+
+def _set(tree: dict, path: FlaxPath, value) -> None:
+    for key in path[:-1]:
+        tree = tree[key]
+    tree[path[-1]] = value
+
+
+def _leaf_paths(tree: dict, prefix: FlaxPath = ()) -> Iterator[FlaxPath]:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaf_paths(value, (*prefix, key))
+        else:
+            yield (*prefix, key)
+
+
+def _dotted(path: FlaxPath) -> str:
+    return ".".join(str(k) for k in path)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert_file(arch: str, weights: pathlib.Path | None, out: pathlib.Path) -> dict[str, Any]:
+    """Converts `weights` (or the downloaded official file) for `arch` and saves it to `out`.
+
+    Returns the summary that the CLI prints.
+    """
+    import flax
+    import jax
+    from flax import nnx
+
+    import salt_jax
+    from salt_jax.models import io
+
+    converter = CONVERTERS[arch]
+    if weights is None:
+        if converter.url is None:
+            raise ConversionError(f"{arch} has no official weights; pass --weights FILE.pth")
+        weights = download_weights(converter.url)
+    torch_state = read_state_dict(weights)
+    model = convert_state(arch, torch_state)
+    digest = sha256(weights)
+    metadata = {
+        "source_file": str(pathlib.Path(weights).absolute()),
+        "source_sha256": digest,
+        "converted_by": "convert.torch_to_flax",
+        "converted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "salt_jax_version": salt_jax.__version__,
+        "jax_version": jax.__version__,
+        "flax_version": flax.__version__,
+    }
+    io.save(out, model, arch=converter.io_arch, model_kwargs=converter.model_kwargs, metadata=metadata)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return {"arch": arch, "tensors": len(torch_state), "params": n_params, "sha256": digest, "out": str(out)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m convert.torch_to_flax", description=__doc__.split("\n")[0])
+    parser.add_argument("--arch", required=True, choices=sorted(CONVERTERS))
+    parser.add_argument("--weights", type=pathlib.Path, help="a torch state_dict (.pth); default: download")
+    parser.add_argument("--out", type=pathlib.Path, help="output checkpoint directory")
+    parser.add_argument("--print-map", action="store_true", help="print the name map as a table and exit")
+    args = parser.parse_args(argv)
+    if args.print_map:
+        for e in CONVERTERS[args.arch].name_map():
+            print(f"{_dotted(e.flax_path):55s} <- {e.torch_key:50s} [{e.transform}]")
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
+    try:
+        summary = convert_file(args.arch, args.weights, args.out)
+    except ConversionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"converted {summary['arch']}: {summary['tensors']} torch tensors, {summary['params']:,} parameters, "
+        f"source sha256 {summary['sha256'][:16]}..., written to {summary['out']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

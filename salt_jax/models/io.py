@@ -1,0 +1,189 @@
+"""Saving and loading models: `metadata.json` + an orbax checkpoint of the model state.
+
+A saved model directory holds
+    metadata.json   {"arch", "model_kwargs", "format", ...}; written last, so it marks completion
+    state/          orbax StandardCheckpointer checkpoint of nnx.state(model) as a pure dict
+`load` rebuilds the module from `arch` (see `BUILDERS`) with `nnx.eval_shape`, so nothing is
+allocated twice, restores the state and returns the module in eval mode.
+
+Saving is atomic: the new checkpoint is written into the sibling `.<name>.saving`, the old
+directory (if any) is renamed to `.<name>.previous`, the new one renamed into place and the
+old one removed. A crash at any point leaves a complete checkpoint that `load` finds: the
+directory itself, or else the complete `.saving` (newer), or else `.previous`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+from flax import nnx
+
+METADATA = "metadata.json"
+STATE = "state"
+FORMAT = "salt_jax.models.io/1"
+
+
+class CheckpointError(FileNotFoundError):
+    """A directory that holds no loadable salt_jax model checkpoint."""
+
+
+def _senet(name: str) -> Callable[..., nnx.Module]:
+    def build(**kwargs) -> nnx.Module:
+        from salt_jax.models import senet
+
+        return getattr(senet, name)(**kwargs)
+
+    return build
+
+
+def _unet(encoder: str) -> Callable[..., nnx.Module]:
+    def build(**kwargs) -> nnx.Module:
+        # Imported lazily: io must work for encoders even where the UNet module is absent.
+        from salt_jax.models.unet import SaltUNet
+
+        return SaltUNet(encoder=encoder, **kwargs)
+
+    return build
+
+
+# arch -> builder(*, rngs, dtype, grouped_impl, **model_kwargs) -> module.
+BUILDERS: dict[str, Callable[..., nnx.Module]] = {
+    "se_resnext50_32x4d": _senet("se_resnext50_32x4d"),
+    "se_resnext101_32x4d": _senet("se_resnext101_32x4d"),
+    "se_resnext_tiny": _senet("se_resnext_tiny"),
+    "unet_se_resnext50_32x4d": _unet("se_resnext50_32x4d"),
+    "unet_se_resnext101_32x4d": _unet("se_resnext101_32x4d"),
+    "unet_tiny": _unet("tiny"),
+}
+
+
+def build(arch: str, model_kwargs: dict[str, Any] | None = None, *, abstract: bool = False, **overrides) -> nnx.Module:
+    """Builds the module registered as `arch` (random init; `abstract=True`: shapes only, no memory)."""
+    if arch not in BUILDERS:
+        raise ValueError(f"unknown arch {arch!r}; known: {sorted(BUILDERS)}")
+    kwargs = {**(model_kwargs or {}), **overrides}
+
+    def make() -> nnx.Module:
+        return BUILDERS[arch](rngs=nnx.Rngs(0), **kwargs)
+
+    return nnx.eval_shape(make) if abstract else make()
+
+
+def save(
+    directory: str | pathlib.Path,
+    model: nnx.Module,
+    *,
+    arch: str,
+    model_kwargs: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> pathlib.Path:
+    """Writes `model` to `directory` atomically (see the module docstring); returns the path.
+
+    Args:
+      directory: target directory; replaced if it exists.
+      model: the module; all its state (parameters and BatchNorm statistics) is saved.
+      arch: a key of `BUILDERS`; `load` rebuilds the module with it.
+      model_kwargs: JSON-serialisable constructor arguments (e.g. {"num_classes": 1000});
+        the compute dtype and grouped-conv implementation are load-time choices, not saved.
+      metadata: any extra JSON-serialisable facts (source file, hashes, metrics...).
+    """
+    if arch not in BUILDERS:
+        raise ValueError(f"unknown arch {arch!r}; known: {sorted(BUILDERS)}")
+    directory = pathlib.Path(directory).absolute()
+    saving, previous = _siblings(directory)
+    shutil.rmtree(saving, ignore_errors=True)  # a crashed earlier save
+    saving.parent.mkdir(parents=True, exist_ok=True)
+    saving.mkdir()
+
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(saving / STATE, nnx.to_pure_dict(nnx.state(model)))
+        checkpointer.wait_until_finished()
+    record = {
+        "format": FORMAT,
+        "arch": arch,
+        "model_kwargs": model_kwargs or {},
+        "saved_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **(metadata or {}),
+    }
+    (saving / METADATA).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+    if directory.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        directory.rename(previous)
+    saving.rename(directory)
+    shutil.rmtree(previous, ignore_errors=True)
+    return directory
+
+
+def read_metadata(directory: str | pathlib.Path) -> dict[str, Any]:
+    """The metadata.json of the checkpoint `load(directory)` would read."""
+    return json.loads((_resolve(pathlib.Path(directory)) / METADATA).read_text())
+
+
+def load(
+    directory: str | pathlib.Path,
+    *,
+    dtype: jnp.dtype | None = None,
+    grouped_impl: str | None = None,
+) -> nnx.Module:
+    """Loads a model saved by `save`, in eval mode (BatchNorm on its running statistics).
+
+    Args:
+      directory: a saved model directory, or a training workdir whose `best/` is one.
+      dtype: compute dtype override (e.g. jnp.bfloat16); parameters stay float32.
+      grouped_impl: "native" | "dense" override for the grouped convolutions.
+
+    Raises:
+      CheckpointError: no checkpoint at `directory` (the message says what was expected).
+    """
+    path = _resolve(pathlib.Path(directory))
+    meta = json.loads((path / METADATA).read_text())
+    overrides = {k: v for k, v in (("dtype", dtype), ("grouped_impl", grouped_impl)) if v is not None}
+    model = build(meta["arch"], meta.get("model_kwargs"), abstract=True, **overrides)
+    graphdef, abstract_state = nnx.split(model)
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_local_sharding()), nnx.to_pure_dict(abstract_state)
+    )
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(path / STATE, target)
+    nnx.replace_by_pure_dict(abstract_state, restored)
+    model = nnx.merge(graphdef, abstract_state)
+    model.eval()
+    return model
+
+
+def _local_sharding() -> jax.sharding.Sharding:
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+
+def _siblings(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """The temporary (`.saving`) and displaced (`.previous`) siblings of a model directory."""
+    return (directory.with_name(f".{directory.name}.saving"), directory.with_name(f".{directory.name}.previous"))
+
+
+def _is_complete(path: pathlib.Path) -> bool:
+    return (path / METADATA).is_file() and (path / STATE).is_dir()
+
+
+def _resolve(directory: pathlib.Path) -> pathlib.Path:
+    """The complete checkpoint directory standing for `directory` (see the module docstring)."""
+    directory = directory.absolute()
+    if _is_complete(directory):
+        return directory
+    if (directory / "best").is_dir() and not (directory / METADATA).exists():
+        return _resolve(directory / "best")
+    for candidate in _siblings(directory):  # a save that crashed between its renames
+        if not directory.exists() and _is_complete(candidate):
+            return candidate
+    raise CheckpointError(
+        f"{directory}: no salt_jax model checkpoint (expected {METADATA} and {STATE}/ written by "
+        f"salt_jax.models.io.save, or a training workdir with best/{METADATA})"
+    )
