@@ -76,6 +76,11 @@ class BatchNorm(nnx.Module):
         self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
         self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
 
+    def set_view(self, use_running_average: bool | None = None) -> None:
+        """Hook of `nnx.view(model, use_running_average=...)` (train/eval views sharing weights)."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average
+
     def __call__(self, x: Array) -> Array:
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
@@ -164,6 +169,13 @@ class GroupedConv(nnx.Module):
         self.dtype = dtype
         shape = (kernel_size, kernel_size, in_features // groups, out_features)
         self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), shape, jnp.float32))
+
+    def set_view(self, impl: str | None = None) -> None:
+        """Hook of `nnx.view(model, impl=...)`: the same weights computed with another algorithm."""
+        if impl is not None:
+            if impl not in GROUPED_IMPLS:
+                raise ValueError(f"impl={impl!r}: expected one of {GROUPED_IMPLS}")
+            self.impl = impl
 
     def __call__(self, x: Array) -> Array:
         impl = self.impl or default_grouped_impl()
