@@ -1,0 +1,127 @@
+"""The PyTorch -> Flax converter: the CLI end to end, and a clear error for each bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+torch = pytest.importorskip("torch")
+reference = pytest.importorskip("convert.reference")
+try:
+    reference.cadene_senet()
+except reference.ReferenceUnavailable as err:
+    pytest.skip(str(err), allow_module_level=True)
+
+from convert import torch_to_flax  # noqa: E402
+from convert.torch_to_flax import ConversionError, convert_state, read_state_dict  # noqa: E402
+from salt_jax import models  # noqa: E402
+
+pytestmark = pytest.mark.timeout(180)
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ARCH = "se_resnext_tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny_torch():
+    torch.manual_seed(0)
+    model = reference.torch_senet(ARCH, adaptive_pool=True)  # global pool: any input size
+    reference.randomize_batchnorm(model)
+    return model.eval()
+
+
+@pytest.fixture()
+def tiny_state(tiny_torch) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in tiny_torch.state_dict().items()}
+
+
+def test_cli_end_to_end(tiny_torch, tmp_path):
+    weights, out = tmp_path / "tiny.pth", tmp_path / "converted"
+    # DataParallel-style keys in a {"state_dict": ...} wrapper: both must be accepted.
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tiny_torch.state_dict().items()}}, weights)
+    cmd = [sys.executable, "-m", "convert.torch_to_flax", "--arch", ARCH, "--weights", str(weights), "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr
+    assert "parameters" in done.stdout and str(out) in done.stdout
+
+    meta = models.read_metadata(out)
+    assert meta["arch"] == ARCH and meta["source_sha256"] == torch_to_flax.sha256(weights)
+    assert {"jax_version", "flax_version", "salt_jax_version", "converted_at"} <= set(meta)
+
+    model = models.load(out)
+    x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = tiny_torch(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    got = np.asarray(nnx.jit(lambda m, x: m(x))(model, x))
+    # max|a-b| / max|b|, as in test_senet_parity.
+    assert np.max(np.abs(got - expected)) / np.max(np.abs(expected)) <= 1e-5
+
+
+def test_missing_unexpected_and_misshaped_keys_are_all_listed(tiny_state):
+    del tiny_state["layer2.0.bn1.running_var"]
+    del tiny_state["last_linear.bias"]
+    tiny_state["layer9.0.conv1.weight"] = np.zeros((1,), np.float32)
+    tiny_state["layer1.0.conv2.weight"] = tiny_state["layer1.0.conv2.weight"][:, :-1]
+    with pytest.raises(ConversionError) as info:
+        convert_state(ARCH, tiny_state)
+    message = str(info.value)
+    assert "missing from the checkpoint (2)" in message
+    assert "layer2.0.bn1.running_var (for layer2.0.bn1.var)" in message and "last_linear.bias" in message
+    assert "unexpected in the checkpoint (1)" in message and "layer9.0.conv1.weight" in message
+    assert "shape mismatch (1)" in message and "layer1.0.conv2.weight" in message
+    assert "(3, 3, 1, 16)" in message and "(3, 3, 2, 16)" in message  # ours and the expected HWIO
+
+
+def test_num_batches_tracked_is_ignored_but_nothing_else(tiny_state):
+    tiny_state = {k: v for k, v in tiny_state.items() if not k.endswith("num_batches_tracked")}
+    convert_state(ARCH, tiny_state)  # absent counters are fine
+    tiny_state["layer0.bn1.momentum"] = np.zeros((), np.float32)
+    with pytest.raises(ConversionError, match="layer0.bn1.momentum"):
+        convert_state(ARCH, tiny_state)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(lambda p: torch.save([torch.zeros(3)], p), id="pickled-list"),
+        pytest.param(lambda p: torch.save(torch.zeros(3), p), id="tensor"),
+        pytest.param(lambda p: torch.save({}, p), id="empty-dict"),
+        pytest.param(lambda p: p.write_bytes(b"\x00garbage" * 10), id="garbage-bytes"),
+        pytest.param(lambda p: None, id="absent-file"),
+    ],
+)
+def test_a_file_that_is_not_a_state_dict_is_named(tmp_path, content):
+    path = tmp_path / "bad.pth"
+    content(path)
+    with pytest.raises(ConversionError, match=str(path)):
+        read_state_dict(path)
+
+
+def test_offline_download_says_to_use_weights(tmp_path, monkeypatch, capsys):
+    # Port 9 (discard) on localhost is closed: the connection is refused at once, no timeout.
+    url = "http://127.0.0.1:9/se_resnext50_32x4d-a260b3a4.pth"
+    converter = torch_to_flax.CONVERTERS["se_resnext50_32x4d"]
+    monkeypatch.setitem(torch_to_flax.CONVERTERS, "se_resnext50_32x4d", dataclasses.replace(converter, url=url))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    status = torch_to_flax.main(["--arch", "se_resnext50_32x4d", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert url in err and "--weights" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_name_map_covers_every_reference_tensor():
+    """The 50's map, against the key set of Cadene's own (random) model: one entry per tensor."""
+    ref = reference.torch_senet("se_resnext50_32x4d")
+    keys = {k for k in ref.state_dict() if not k.endswith("num_batches_tracked")}
+    entries = list(torch_to_flax.CONVERTERS["se_resnext50_32x4d"].name_map())
+    assert sorted(e.torch_key for e in entries) == sorted(keys)
+    abstract = models.io.build("se_resnext50_32x4d", abstract=True)
+    flax_leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(abstract)))[0]
+    assert len({e.flax_path for e in entries}) == len(flax_leaves) == len(entries)
