@@ -64,7 +64,7 @@ def _lovasz_rows(logits: jax.Array, labels: jax.Array, variant: str) -> jax.Arra
     weights = lax.stop_gradient(_lovasz_jaccard_weights(jnp.take_along_axis(labels, perm, axis=-1)))
     if variant == "relu":
         hinge = jax.nn.relu(errors_sorted)
-    else:  # "elu+1": smooth, strictly positive, and still decreasing for confident correct pixels
+    else:  # "elu+1": smooth and positive; correct pixels (e < 0) keep a small gradient exp(e)
         hinge = jax.nn.elu(errors_sorted) + 1.0
     return jnp.sum(hinge * weights, axis=-1)
 
