@@ -12,7 +12,7 @@ Our reading of the albumentations (0.1.x) semantics, documented here because the
 op frequencies: `OneOf` draws one child with probability proportional to the children's `p`
 (all default, so uniform) and then applies it unconditionally; we take each OneOf to be
 applied always (its own p = 1, as SPEC.md says "then one of"). Hence, per image: chain 0.8,
-flip 0.4, each geometric op 0.8/3, each of the four second-stage ops 0.8/3.
+flip 0.4, each geometric op 0.8/3, each of the four second-stage ops 0.8/4.
 
 Design: every geometric step (flip, the chosen geometric op, grid distortion) is a map from
 output pixel coordinates to source coordinates. We compose the maps into ONE coordinate field
