@@ -148,7 +148,8 @@ def _make_ids(rng: np.random.Generator, n: int) -> list[str]:
 
 
 def _save_image(path: Path, image: np.ndarray) -> None:
-    Image.fromarray(np.repeat(image[..., None], 3, axis=-1), mode="RGB").save(path)
+    # Fast zlib level: writing dominates generation otherwise, and the files stay small.
+    Image.fromarray(np.repeat(image[..., None], 3, axis=-1), mode="RGB").save(path, compress_level=1)
 
 
 def _save_mask(path: Path, mask: np.ndarray) -> None:
