@@ -140,9 +140,11 @@ def test_cache_is_used_and_keyed_by_content(layout, tmp_path, monkeypatch):
     assert not list(cache.glob("*.tmp"))
 
 
-def test_default_cache_dir_is_inside_data_dir(layout):
+def test_default_cache_dir_is_outside_data_dir(layout, tmp_path, monkeypatch):
+    monkeypatch.setenv("SALT_JAX_CACHE", str(tmp_path / "cache"))
     load_train(layout)
-    assert len(list((layout / ".salt_jax_cache").glob("train-*.npz"))) == 1
+    assert len(list((tmp_path / "cache").glob("train-*.npz"))) == 1
+    assert not list(layout.rglob("*.npz")), "the data folder must never be written to"
 
 
 def test_zip_layout_reads_the_same(layout, tmp_path):

@@ -153,16 +153,17 @@ def load_test(data_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | Non
 
 
 def default_cache_dir(data_dir: str | os.PathLike) -> Path:
-    """`<data_dir>/.salt_jax_cache` if it can be created and written, else `~/.cache/salt_jax`."""
-    local = Path(data_dir) / ".salt_jax_cache"
-    try:
-        local.mkdir(exist_ok=True)
-        if os.access(local, os.W_OK):
-            return local
-    except OSError:
-        pass
+    """`$SALT_JAX_CACHE`, else `~/.cache/salt_jax/arrays` (`$XDG_CACHE_HOME` honoured).
+
+    Never inside `data_dir`: a user's data folder (or a shared read-only copy that root
+    could still write to) is not ours to modify. Cache files are keyed by content, so one
+    folder serves every dataset. `data_dir` is accepted for a uniform call signature.
+    """
+    del data_dir
+    if os.environ.get("SALT_JAX_CACHE"):
+        return Path(os.environ["SALT_JAX_CACHE"])
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "salt_jax"
+    return base / "salt_jax" / "arrays"
 
 
 # ---------------------------------------------------------------------------------------------
