@@ -31,6 +31,12 @@ def batch():
     return images, (images > 0.5).astype(np.float32)
 
 
+def _pixel_grid(size: int = A.SIZE) -> np.ndarray:
+    """(size, size, 2) pixel coordinates (x, y), the identity sampling field."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    return np.stack([xs, ys], axis=-1)
+
+
 def _ops(chain, flip, geo, photo) -> dict:
     return {k: jnp.asarray(v, jnp.int32) for k, v in
             dict(chain=chain, flip=flip, geo=geo, photo=photo).items()}
@@ -89,7 +95,7 @@ def test_shift_scale_rotate_hand_worked():
     Forward map x' = y + 8, y' = 128 - x - 16, so out[y, x] = src[x - 8, 112 - y] (reflected)."""
     src = np.random.default_rng(3).uniform(0, 1, (1, 128, 128, 1)).astype(np.float32)
     m = A.shift_scale_rotate_matrix(90.0, 1.0, 8 / 128, -16 / 128)
-    coords = A.apply_affine(A._pixel_grid(128), m)[None]
+    coords = A.apply_affine(_pixel_grid(), m)[None]
     got, _ = A.warp_batch(src, src, coords)
     y, x = np.mgrid[0:128, 0:128]
     r = lambda i: np.abs(np.where(i > 127, 254 - i, i))  # reflect-101 for this range
@@ -101,7 +107,7 @@ def test_shift_scale_rotate_hand_worked():
 def test_crop_resize_matches_torch_bilinear(crop, x0, y0):
     torch = pytest.importorskip("torch")
     src = np.random.default_rng(4).uniform(0, 1, (1, 128, 128, 1)).astype(np.float32)
-    coords = A.crop_resize_points(A._pixel_grid(128), x0, y0, crop)[None]
+    coords = A.crop_resize_points(_pixel_grid(), x0, y0, crop)[None]
     got, _ = A.warp_batch(src, src, coords)
     patch = torch.from_numpy(src[0, y0:y0 + crop, x0:x0 + crop, 0])[None, None]
     want = torch.nn.functional.interpolate(patch, size=(128, 128), mode="bilinear",

@@ -257,10 +257,14 @@ def gaussian_smooth(field: jax.Array, sigma: float) -> jax.Array:
     return _filter2d(_gaussian_matrix(field.shape[-1], float(sigma)), field)
 
 
-def box_blur(image: jax.Array, k: int) -> jax.Array:
-    """image (H, W, C) box-blurred with a k x k kernel, reflect-101 borders (cv2.blur)."""
+def box_blur(image: jax.Array, k) -> jax.Array:
+    """image (H, W, C) box-blurred with a k x k kernel, reflect-101 borders (cv2.blur);
+    k (one of BLUR_KERNELS) may be traced: the filter matrix is selected, not the result."""
+    n = image.shape[0]
+    mats = jnp.stack([_box_matrix(n, size) for size in BLUR_KERNELS])
+    mat = mats[jnp.argmax(jnp.asarray(BLUR_KERNELS) == k)]
     moved = jnp.moveaxis(image, -1, 0)
-    return jnp.moveaxis(_filter2d(_box_matrix(image.shape[0], k), moved), 0, -1)
+    return jnp.moveaxis(_filter2d(mat, moved), 0, -1)
 
 
 def grid_distortion_axis(steps: jax.Array, size: int = SIZE, num_steps: int = GRID_STEPS):
@@ -281,10 +285,9 @@ def grid_distortion_axis(steps: jax.Array, size: int = SIZE, num_steps: int = GR
     return begins[cell] + t.astype(np.float32) * (ends[cell] - begins[cell])
 
 
-def _pixel_grid(size: int) -> jax.Array:
-    """(size, size, 2) integer pixel coordinates as float (x, y)."""
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    return jnp.asarray(np.stack([xs, ys], axis=-1))
+def _tent(coords: jax.Array, size: int) -> jax.Array:
+    """(len(coords), size) linear-interpolation weights: row i samples at coords[i]."""
+    return jnp.maximum(0.0, 1.0 - jnp.abs(coords[:, None] - jnp.arange(size, dtype=jnp.float32)))
 
 
 def _geometry(ops: dict, prm: dict, size: int) -> jax.Array:
@@ -293,15 +296,22 @@ def _geometry(ops: dict, prm: dict, size: int) -> jax.Array:
     The chain runs flip -> geometric op -> grid distortion on the image, so the sampling map
     applies them in reverse: grid first, then the geometric op, then the flip.
     """
-    grid = jnp.stack(jnp.meshgrid(grid_distortion_axis(prm["grid_steps"][0], size),
-                                  grid_distortion_axis(prm["grid_steps"][1], size)), axis=-1)
-    q = jnp.where(ops["photo"] == _GRID, reflect101(grid, size), _pixel_grid(size))
+    # grid distortion is separable: one (size,) source coordinate per column and per row
+    axes = jnp.arange(size, dtype=jnp.float32)
+    gx, gy = (jnp.where(ops["photo"] == _GRID,
+                        reflect101(grid_distortion_axis(prm["grid_steps"][i], size), size), axes)
+              for i in (0, 1))
+    q = jnp.stack(jnp.meshgrid(gx, gy), axis=-1)
 
     ssr = apply_affine(q, shift_scale_rotate_matrix(prm["angle"], prm["scale"],
                                                     prm["shift"][0], prm["shift"][1], size))
     crop = crop_resize_points(q, prm["crop_start"][0], prm["crop_start"][1], prm["crop"], size)
-    disp = ELASTIC_ALPHA * jnp.moveaxis(gaussian_smooth(prm["noise"], ELASTIC_SIGMA), 0, -1)
-    moved = reflect101(q + _bilinear(disp, q), size)
+    disp = ELASTIC_ALPHA * gaussian_smooth(prm["noise"], ELASTIC_SIGMA)  # (2, size, size)
+    # the displacement at q: separable bilinear sampling as two matmuls (tent weights; the
+    # identity when there is no grid distortion), cheaper than gathers on GPU and CPU
+    disp_q = jnp.einsum("ij,cjk,lk->ilc", _tent(gy, size), disp, _tent(gx, size),
+                        precision=_HIGHEST)
+    moved = reflect101(q + disp_q, size)
     elastic = apply_affine(moved, elastic_affine_matrix(prm["jitter"], size))
     geo = ops["geo"]
     q = jnp.select([geo == _SSR, geo == _CROP, geo == _ELASTIC], [ssr, crop, elastic], q)
@@ -356,7 +366,7 @@ def _photometric(image: jax.Array, photo: jax.Array, prm: dict) -> jax.Array:
     """Brightness, gamma or blur on the image (H, W, C) as chosen by `photo`."""
     bright = image * prm["brightness"]
     gamma = jnp.power(jnp.maximum(image, 0.0), prm["gamma"])
-    blur = jnp.where(prm["blur_k"] == 3, box_blur(image, 3), box_blur(image, 5))
+    blur = box_blur(image, prm["blur_k"])
     return jnp.select([photo == _BRIGHT, photo == _GAMMA, photo == _BLUR],
                       [bright, gamma, blur], image)
 
