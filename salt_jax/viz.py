@@ -192,10 +192,14 @@ def _merge_legends(*axes) -> None:
 
 
 def _switch_epoch(records: Sequence[dict]) -> int | None:
-    """The epoch of the loss switch: an explicit `switch_epoch`, else where `round` changes."""
+    """The epoch of the loss switch: an explicit `switch_epoch` inside the plotted epochs (after the
+    first, so a run that never switched or started with the second loss gets no mark), else the
+    first epoch where `round` changes."""
+    epochs = [r["epoch"] for r in records]
     for r in records:
         if r.get("switch_epoch") is not None:
-            return int(r["switch_epoch"])
+            switch = int(r["switch_epoch"])
+            return switch if min(epochs) < switch <= max(epochs) else None
     for prev, cur in zip(records, records[1:]):
         if "round" in cur and cur.get("round") != prev.get("round"):
             return int(cur["epoch"])

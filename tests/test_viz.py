@@ -101,4 +101,7 @@ def test_curves_accept_missing_keys(tmp_path):
 def test_switch_epoch_from_round_change_or_explicit_key():
     assert viz._switch_epoch(_records(switch=5)) == 5
     assert viz._switch_epoch(_records(switch=99)) is None
-    assert viz._switch_epoch([{"epoch": 0, "switch_epoch": 20}]) == 20
+    explicit = [{"epoch": e, "switch_epoch": 20} for e in range(30)]
+    assert viz._switch_epoch(explicit) == 20
+    assert viz._switch_epoch(explicit[:20]) is None  # not reached yet
+    assert viz._switch_epoch([{"epoch": 0, "round": "lovasz", "switch_epoch": 0}]) is None
