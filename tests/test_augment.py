@@ -129,6 +129,21 @@ def test_grid_distortion_axis_hand_worked():
     np.testing.assert_allclose(np.asarray(bent[125:]), [125, 126.5, 128], atol=1e-4)
 
 
+def test_tent_matmul_is_bilinear_sampling_on_a_separable_grid():
+    """The elastic displacement is read at grid-distorted points with Ty @ d @ Tx^T;
+    that must equal bilinear interpolation (scipy order 1) at (gx[col], gy[row])."""
+    rng = np.random.default_rng(8)
+    field = rng.normal(size=(128, 128)).astype(np.float32)
+    gx = np.sort(rng.uniform(0, 127, 128)).astype(np.float32)
+    gy = np.sort(rng.uniform(0, 127, 128)).astype(np.float32)
+    got = A._tent(jnp.asarray(gy), 128) @ field @ A._tent(jnp.asarray(gx), 128).T
+    yy, xx = np.meshgrid(gy, gx, indexing="ij")
+    want = ndi.map_coordinates(field.astype(np.float64), [yy, xx], order=1)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
+    identity = A._tent(jnp.arange(128, dtype=jnp.float32), 128)
+    np.testing.assert_array_equal(np.asarray(identity), np.eye(128))
+
+
 def test_elastic_affine_moves_the_three_points():
     """cv2.getAffineTransform semantics: the forward map sends the points (106, 106),
     (106, 22), (22, 22) to themselves + jitter, so the sampling map sends them back."""
