@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import warnings
 import hashlib
 import pathlib
 import sys
@@ -111,6 +112,68 @@ def senet_name_map(cfg: SENetConfig) -> Iterator[Entry]:
     yield from linear(("last_linear",), "last_linear")
 
 
+# ---------------------------------------------------------------- the original UNet
+# Torch side: convert/torch_unet.py (the original's state_dict keys); Flax side:
+# salt_jax/models/unet.py. The stem conv_in/bn_in sits in the encoder as layer0.conv1/bn1.
+
+
+def decoder_block(flax: FlaxPath, torch: str) -> Iterator[Entry]:
+    """ConvBnRelu (block.0) -> ConvTranspose2d (block.1, (in, out, kh, kw) -> (kh, kw, out, in))."""
+    yield from conv((*flax, "conv"), f"{torch}.block.0.conv", bias=True)
+    yield from batchnorm((*flax, "bn"), f"{torch}.block.0.bn")
+    yield from conv((*flax, "deconv"), f"{torch}.block.1", bias=True)
+
+
+def scse(flax: FlaxPath, torch: str) -> Iterator[Entry]:
+    """cSE.linear_1/linear_2 (nn.Linear) and sSE.conv (1x1 Conv2d with bias)."""
+    yield from linear((*flax, "cse", "linear_1"), f"{torch}.cSE.linear_1")
+    yield from linear((*flax, "cse", "linear_2"), f"{torch}.cSE.linear_2")
+    yield from conv((*flax, "sse", "conv"), f"{torch}.sSE.conv", bias=True)
+
+
+def unet_name_map(cfg: SENetConfig) -> Iterator[Entry]:
+    """The original UNet: conv_in/bn_in, conv2..conv5 = layer1..layer4, center, decoder, heads."""
+    yield from conv(("encoder", "layer0", "conv1"), "conv_in")
+    yield from batchnorm(("encoder", "layer0", "bn1"), "bn_in")
+    yield from senet_stages(cfg, flax_prefix=("encoder",), torch_stages=("conv2", "conv3", "conv4", "conv5"))
+    for name in ("center1", "center2"):
+        yield from conv((name, "conv"), f"{name}.0", bias=True)
+        yield from batchnorm((name, "bn"), f"{name}.1")
+    for name in ("center_decode", "dec5", "dec4", "dec3"):
+        yield from decoder_block((name,), name)
+    for name in ("dec2", "dec1"):
+        yield from conv((name, "conv"), f"{name}.conv", bias=True)
+        yield from batchnorm((name, "bn"), f"{name}.bn")
+    # The original numbers its scSE modules SE6..SE10 from dec5 down to dec1.
+    for level, torch_name in zip((5, 4, 3, 2, 1), ("SE6", "SE7", "SE8", "SE9", "SE10")):
+        yield from scse((f"scse{level}",), torch_name)
+    yield from conv(("classifier",), "classifier", bias=True)
+    yield from conv(("final",), "final", bias=True)
+
+
+def unet_prepare(torch_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Checks the aliases of the original's state_dict and drops what has no Flax counterpart.
+
+    conv1.0.* / conv1.1.* are conv_in / bn_in listed a second time (a Sequential sharing those
+    modules): they must be identical, else the file was edited and we refuse to guess.
+    SE11.* is a module the original builds but never calls: dropped with a warning.
+    """
+    aliases = {"conv1.0.": "conv_in.", "conv1.1.": "bn_in."}
+    differing = []
+    for key, value in torch_state.items():
+        for alias, target in aliases.items():
+            if key.startswith(alias):
+                original = torch_state.get(target + key.removeprefix(alias))
+                if original is None or not np.array_equal(original, value):
+                    differing.append(f"{key} != {target + key.removeprefix(alias)}")
+    if differing:
+        raise ConversionError("the UNet's duplicated stem tensors differ (or lack their originals): " + ", ".join(differing))
+    unused = sorted(k for k in torch_state if k.startswith("SE11."))
+    if unused:
+        warnings.warn(f"ignoring {len(unused)} tensors of SE11 (built but never used by the original UNet)", stacklevel=2)
+    return {k: v for k, v in torch_state.items() if not k.startswith(("conv1.", "SE11."))}
+
+
 # ---------------------------------------------------------------- the arch registry
 
 
@@ -122,6 +185,8 @@ class Converter:
     name_map: Callable[[], Iterator[Entry]]
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     url: str | None = None  # official weights, downloaded when --weights is not given
+    # Checks and drops torch keys that carry no tensor of their own (the UNet's aliases).
+    prepare: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
 
 
 _CADENE = "http://data.lip6.fr/cadene/pretrainedmodels"
@@ -141,6 +206,14 @@ CONVERTERS: dict[str, Converter] = {
     ),
     # Random-weight checkpoints only (tests, demo): no official weights exist.
     "se_resnext_tiny": Converter("se_resnext_tiny", lambda: senet_name_map(CONFIGS["tiny"]), {"num_classes": 1000}),
+    # The original's trained UNets (model-<fold>.pt); no public download.
+    "unet_se_resnext50_32x4d": Converter(
+        "unet_se_resnext50_32x4d", lambda: unet_name_map(CONFIGS["se_resnext50_32x4d"]), prepare=unet_prepare
+    ),
+    "unet_se_resnext101_32x4d": Converter(
+        "unet_se_resnext101_32x4d", lambda: unet_name_map(CONFIGS["se_resnext101_32x4d"]), prepare=unet_prepare
+    ),
+    "unet_tiny": Converter("unet_tiny", lambda: unet_name_map(CONFIGS["tiny"]), prepare=unet_prepare),
 }
 
 # ---------------------------------------------------------------- reading torch checkpoints
@@ -211,6 +284,8 @@ def convert_state(arch: str, torch_state: dict[str, np.ndarray]):
     from salt_jax.models import io
 
     converter = CONVERTERS[arch]
+    if converter.prepare is not None:
+        torch_state = converter.prepare(torch_state)
     model = io.build(converter.io_arch, converter.model_kwargs, abstract=True)
     graphdef, abstract_state = nnx.split(model)
     target = nnx.to_pure_dict(abstract_state)
