@@ -208,7 +208,7 @@ def max_pool_ceil(x: Array, window: int, stride: int) -> Array:
         pads.append((0, max((out - 1) * stride + window - size, 0)))
     return jax.lax.reduce_window(
         x,
-        jnp.array(-jnp.inf, x.dtype),
+        -jnp.inf,  # a Python scalar: lets JAX see a max-pool, which it can differentiate
         jax.lax.max,
         (1, window, window, 1),
         (1, stride, stride, 1),
