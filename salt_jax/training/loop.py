@@ -1,0 +1,322 @@
+"""The training run: epochs, the loss switch, lr schedules, validation, checkpoints and logs.
+
+`run(cfg)` trains one fold and returns a RunResult. Re-running with the same workdir resumes from
+the latest checkpoint and continues exactly (same batches, augmentations and lr as an
+uninterrupted run). Files in WORKDIR:
+    config.json     the TrainConfig (a re-run with another encoder/fold/... is refused)
+    folds.csv       the folds used (id, fold, mask_type)
+    metrics.jsonl   one JSON record per epoch
+    checkpoints/    orbax, the last 2 epochs (full train state)
+    best/           the best model by val_map (salt_jax.models.io format; models.load(WORKDIR))
+    snapshots/      cosine recipe: the model at the end of each cycle
+    curves.png, predictions.png, tensorboard/ (if tensorboardX is installed)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from salt_jax.models import io as model_io
+from salt_jax.training.checkpoint import Checkpoints
+from salt_jax.training.config import TrainConfig, load_config_json
+from salt_jax.training.fold_data import FoldData, epoch_batches, eval_batches, load_fold
+from salt_jax.training.plateau import ReduceOnPlateau, cosine_cycle_lr
+from salt_jax.training.steps import LossOptions, Steps, make_mesh, make_optimizer, replicate, shard_batch
+
+PROGRESS_EVERY = 10  # steps between (lagged) loss reads for the progress bar
+
+
+class IncompatibleRunError(RuntimeError):
+    """The workdir holds a run of another experiment (encoder, fold, ...)."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss was NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a run leaves behind, for callers and tests."""
+
+    workdir: pathlib.Path
+    records: list[dict[str, Any]]
+    best_val_map: float
+    state: Any  # the final train state (params, rest, opt_state, step)
+    compiles: dict[str, int]  # jitted function -> number of compilations in this process
+
+
+def run(cfg: TrainConfig) -> RunResult:
+    """Trains `cfg.fold` for `cfg.epochs` epochs (resuming if WORKDIR holds a checkpoint)."""
+    cfg.validate()
+    if cfg.distributed:
+        jax.distributed.initialize()
+    workdir = pathlib.Path(cfg.workdir or f"runs/{cfg.encoder}-fold{cfg.fold}").absolute()
+    _claim_workdir(workdir, cfg)
+    log = _Logger(workdir, progress=cfg.progress)
+    data = load_fold(_data_dir(cfg), cfg.fold, folds_csv=cfg.folds_csv,
+                     write_to=workdir / "folds.csv" if jax.process_index() == 0 else None)
+    mesh = make_mesh()
+    _check_batch(cfg, mesh, len(data.train_images))
+    steps = Steps(_build_model(cfg), make_optimizer(cfg.recipe, cfg.resolved_weight_decay(), cfg.lr), mesh,
+                  seed=cfg.seed, loss=LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz))
+    arrays = {k: replicate(v, steps.replicated) for k, v in dataclasses.asdict(data).items() if k != "val_ids"}
+
+    ckpt = Checkpoints(workdir / "checkpoints")
+    state = steps.init_state()
+    progress = _fresh_progress(cfg)
+    if ckpt.latest_step() is not None:
+        state, progress = ckpt.restore(ckpt.latest_step(), state)
+        log.info(f"resumed {workdir} at epoch {progress['next_epoch']} (best val_map {progress['best_val_map']:.4f})")
+    elif not cfg.pretrained:
+        log.warn("no --pretrained checkpoint: the encoder starts from random weights (expect a much lower "
+                 "val_map than the ImageNet-initialised original)")
+    log.rewrite_metrics(progress["history"])
+    plateau = ReduceOnPlateau(**progress["plateau"])
+    log.info(f"{cfg.arch} fold {cfg.fold}: {len(data.train_images)} train / {len(data.val_images)} val images, "
+             f"global batch {cfg.batch_size} on {len(jax.devices())} {jax.default_backend()} device(s)")
+
+    last_probs = None
+    try:
+        for epoch in range(progress["next_epoch"], cfg.epochs):
+            if epoch == cfg.switch_epoch and epoch > 0:
+                state = steps.reset_optimizer(state)  # fresh moments for the Lovasz round
+                plateau.reset()
+            lr = plateau.lr if cfg.recipe == "original" else cosine_cycle_lr(
+                epoch, max_lr=cfg.lr, min_lr=cfg.min_lr, cycle_epochs=cfg.cycle_epochs)
+            state = steps.set_lr(state, lr)
+            state, train_loss, seconds = _train_epoch(steps, state, arrays, cfg, epoch, data, log)
+            val_loss, val_map, last_probs = _evaluate(steps, state, arrays, cfg, epoch)
+            record = {
+                "epoch": epoch, "step": int(state["step"]), "round": "lovasz" if epoch >= cfg.switch_epoch else "bce_dice",
+                "switch_epoch": cfg.switch_epoch, "train_loss": train_loss, "val_loss": val_loss, "val_map": val_map,
+                "lr": lr, "seconds": seconds, "images_per_s": _images(data, cfg) / seconds,
+            }
+            if cfg.recipe == "original":
+                plateau.step(val_map)
+            if val_map > progress["best_val_map"]:
+                progress["best_val_map"] = val_map
+                model_io.save(workdir / "best", steps.model(state), arch=cfg.arch,
+                              metadata={"epoch": epoch, "val_map": val_map, "fold": cfg.fold, "encoder": cfg.encoder})
+            record["best_val_map"] = progress["best_val_map"]
+            progress.update(next_epoch=epoch + 1, plateau=dataclasses.asdict(plateau),
+                            history=progress["history"] + [record])
+            ckpt.save(epoch + 1, state, progress)
+            log.epoch(record)
+            if cfg.recipe == "cosine" and (epoch + 1) % cfg.cycle_epochs == 0:
+                k = (epoch + 1) // cfg.cycle_epochs
+                model_io.save(workdir / "snapshots" / f"cycle-{k}", steps.model(state), arch=cfg.arch,
+                              metadata={"epoch": epoch, "cycle": k, "val_map": val_map})
+    finally:
+        ckpt.close()
+        log.close()
+    _pictures(workdir, progress["history"], data, last_probs, log)
+    compiles = {"train_step": steps.train_step._cache_size(), "eval_step": steps.eval_step._cache_size()}
+    return RunResult(workdir, progress["history"], progress["best_val_map"], state, compiles)
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+
+def _data_dir(cfg: TrainConfig) -> pathlib.Path:
+    if cfg.data_dir:
+        return pathlib.Path(cfg.data_dir)
+    from salt_jax.data.synthetic import ensure_default_data
+
+    return ensure_default_data()
+
+
+def _claim_workdir(workdir: pathlib.Path, cfg: TrainConfig) -> None:
+    """Writes config.json, refusing a workdir that holds another experiment."""
+    path = workdir / "config.json"
+    if path.is_file():
+        old = load_config_json(path.read_text())
+        if old.identity() != cfg.identity():
+            diff = {k: (v, cfg.identity()[k]) for k, v in old.identity().items() if cfg.identity()[k] != v}
+            raise IncompatibleRunError(
+                f"{workdir} holds a run with another configuration {diff} (field: (there, requested)); "
+                f"use another --workdir or delete that one")
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(cfg.to_json() + "\n")
+        tmp.replace(path)
+
+
+def _check_batch(cfg: TrainConfig, mesh, n_train: int) -> None:
+    n_dev = mesh.devices.size
+    if cfg.batch_size % n_dev:
+        raise ValueError(f"--batch_size {cfg.batch_size} does not divide over {n_dev} devices")
+    if cfg.batch_size > n_train:
+        raise ValueError(f"--batch_size {cfg.batch_size} is larger than the {n_train} training images of fold {cfg.fold}")
+
+
+def _build_model(cfg: TrainConfig) -> nnx.Module:
+    from salt_jax.models.unet import SaltUNet, init_encoder_from_imagenet
+
+    dtype = cfg.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+    # One jitted initialisation: eagerly, every parameter shape would compile its own initialiser.
+    model = nnx.jit(lambda: SaltUNet(cfg.encoder, rngs=nnx.Rngs(cfg.seed), dtype=jnp.dtype(dtype)))()
+    if cfg.pretrained:
+        encoder = model_io.load(cfg.pretrained)
+        arch = model_io.read_metadata(cfg.pretrained)["arch"]
+        if arch != cfg.encoder and not (cfg.encoder == "tiny" and arch == "se_resnext_tiny"):
+            raise ValueError(f"--pretrained {cfg.pretrained} holds {arch!r}, but --encoder is {cfg.encoder!r}")
+        init_encoder_from_imagenet(model, encoder)
+    return model
+
+
+def _fresh_progress(cfg: TrainConfig) -> dict[str, Any]:
+    """The host-side part of the train state (checkpointed as JSON next to the arrays)."""
+    plateau = ReduceOnPlateau(cfg.lr, patience=cfg.plateau_patience, factor=cfg.plateau_factor)
+    return {"next_epoch": 0, "best_val_map": -1.0, "plateau": dataclasses.asdict(plateau), "history": [],
+            "identity": cfg.identity()}
+
+
+def _images(data: FoldData, cfg: TrainConfig) -> int:
+    return (len(data.train_images) // cfg.batch_size) * cfg.batch_size
+
+
+# ---------------------------------------------------------------------------------------------- epochs
+
+
+def _train_epoch(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int, data: FoldData, log: "_Logger"):
+    """One pass over the training batches of `epoch`. Returns (state, mean loss, seconds).
+
+    The host never waits for the device inside the epoch except for a lagged loss read every
+    PROGRESS_EVERY steps (and, on multi-device CPU, after each step: XLA's CPU collectives can
+    deadlock when steps are dispatched asynchronously on few cores).
+    """
+    batches = epoch_batches(len(data.train_images), cfg.batch_size, seed=cfg.seed, epoch=epoch)
+    sync_each_step = jax.default_backend() == "cpu" and len(jax.devices()) > 1
+    first_step = int(state["step"])
+    epoch_arg = replicate(np.asarray(epoch, np.int32), steps.replicated)
+    losses = []
+    bar = tqdm(total=batches.size, unit="img", unit_scale=True, leave=False, disable=not log.show_progress,
+               desc=f"epoch {epoch}")
+    start = time.perf_counter()
+    for i, idx in enumerate(batches):
+        state, out = steps.train_step(state, arrays["train_images"], arrays["train_masks"],
+                                      shard_batch(idx, steps.batch_sharded), epoch_arg)
+        losses.append(out["loss"])
+        if sync_each_step:
+            jax.block_until_ready(state)
+        if i % PROGRESS_EVERY == 0 and i > 0:
+            _check_finite(losses[-2:-1], first_step + i - 1, epoch)
+            bar.set_postfix(loss=f"{float(losses[-2]):.4f}")
+        bar.update(cfg.batch_size)
+    values = np.asarray(jax.device_get(losses), np.float64)
+    seconds = time.perf_counter() - start
+    bar.close()
+    _check_finite(values, first_step, epoch)
+    return state, float(values.mean()), seconds
+
+
+def _check_finite(values, first_step: int, epoch: int) -> None:
+    values = np.asarray(jax.device_get(list(values)) if isinstance(values, list) else values, np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        step = first_step + int(bad[0])
+        raise NonFiniteLossError(
+            f"non-finite training loss ({values[bad[0]]}) at global step {step} (epoch {epoch}); stopped "
+            f"without saving, the last good checkpoint is kept")
+
+
+def _evaluate(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int):
+    """Eval-mode validation over every image. Returns (val_loss, val_map, probs of the first batch)."""
+    idx, valid = eval_batches(len(arrays["val_images"]), cfg.batch_size)
+    epoch_arg = replicate(np.asarray(epoch, np.int32), steps.replicated)
+    totals, first_probs = [], None
+    for b in range(len(idx)):
+        sums, probs = steps.eval_step(state["params"], state["rest"], arrays["val_images"], arrays["val_masks"],
+                                      shard_batch(idx[b], steps.batch_sharded),
+                                      shard_batch(valid[b], steps.batch_sharded), epoch_arg)
+        if len(jax.devices()) > 1 and jax.default_backend() == "cpu":
+            jax.block_until_ready(sums)
+        totals.append(sums)
+        first_probs = probs if first_probs is None else first_probs
+    totals = jax.device_get(totals)
+    count = sum(float(t["count"]) for t in totals)
+    val_loss = sum(float(t["loss_sum"]) for t in totals) / count
+    val_map = sum(float(t["score_sum"]) for t in totals) / count
+    return val_loss, val_map, first_probs
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+
+class _Logger:
+    """metrics.jsonl, TensorBoard (if tensorboardX is importable) and console lines; process 0 only."""
+
+    def __init__(self, workdir: pathlib.Path, *, progress: bool):
+        self.primary = jax.process_index() == 0
+        self.show_progress = self.primary and progress
+        self.metrics_path = workdir / "metrics.jsonl"
+        self.tb = None
+        if self.primary:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                pass
+            else:
+                self.tb = SummaryWriter(str(workdir / "tensorboard"))
+
+    def info(self, message: str) -> None:
+        if self.primary:
+            print(message, flush=True)
+
+    def warn(self, message: str) -> None:
+        if self.primary:
+            warnings.warn(message, stacklevel=2)
+
+    def rewrite_metrics(self, history: list[dict]) -> None:
+        """metrics.jsonl = the checkpoint's history (drops epochs after the checkpoint we resume from)."""
+        if self.primary:
+            tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+            tmp.replace(self.metrics_path)
+
+    def epoch(self, record: dict) -> None:
+        if not self.primary:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key in ("train_loss", "val_loss", "val_map", "lr", "images_per_s"):
+                self.tb.add_scalar(key, record[key], record["epoch"])
+        print(f"epoch {record['epoch']:3d} [{record['round']}] train_loss {record['train_loss']:.4f} "
+              f"val_loss {record['val_loss']:.4f} val_map {record['val_map']:.4f} lr {record['lr']:.2e} "
+              f"{record['images_per_s']:.1f} img/s {record['seconds']:.1f}s", flush=True)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _pictures(workdir: pathlib.Path, history: list[dict], data: FoldData, probs, log: _Logger) -> None:
+    """curves.png from the history; predictions.png from the last validation batch seen.
+
+    Multi-process runs skip predictions.png: the batch is spread over processes.
+    """
+    if not log.primary or not history:
+        return
+    from salt_jax import viz
+
+    viz.plot_curves(history, workdir / "curves.png")
+    if probs is not None and jax.process_count() == 1:
+        crop = slice(13, 114)
+        n = min(8, len(data.val_ids))
+        viz.prediction_grid(data.val_images[:n, crop, crop], data.val_masks[:n, crop, crop],
+                            np.asarray(jax.device_get(probs))[:n], workdir / "predictions.png",
+                            ids=data.val_ids[:n], n=n)
