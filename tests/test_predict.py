@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -214,22 +215,35 @@ def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def test_flip_tta_is_mean_with_unflipped_prediction_of_flipped_image():
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (5, 101, 101), dtype=np.uint8)
-    model = PixelLinear(0)
+def _hand_predictions(model: PixelLinear, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """In numpy: (plain, flipped_back) probabilities on the padded 128x128 images."""
     w, c = np.asarray(model.w[...], np.float64), float(model.c[...])
     x = np.pad(images / 255.0, ((0, 0), (13, 14), (13, 14)), mode="reflect")  # 13 top/left, 14 bottom/right
     plain = _sigmoid(w * x + c)
     flipped_back = _sigmoid(w * x[:, :, ::-1] + c)[:, :, ::-1]
-    crop = (slice(None), slice(13, 114), slice(13, 114))
-    assert np.abs(plain - flipped_back)[crop].max() > 0.1  # TTA changes the answer for this model
+    return plain, flipped_back
+
+
+CROP = (slice(None), slice(13, 114), slice(13, 114))
+
+
+def _hand_tta(model: PixelLinear, images: np.ndarray) -> np.ndarray:
+    plain, flipped_back = _hand_predictions(model, images)
+    return 0.5 * (plain + flipped_back)[CROP]
+
+
+def test_flip_tta_is_mean_with_unflipped_prediction_of_flipped_image():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 101, 101), dtype=np.uint8)
+    model = PixelLinear(0)
+    plain, flipped_back = _hand_predictions(model, images)
+    assert np.abs(plain - flipped_back)[CROP].max() > 0.1  # TTA changes the answer for this model
 
     # batch 3 over 5 images: the last batch is padded and trimmed.
     got_none = predict.predict_probs(model, images, batch_size=3, tta="none", progress=False)
     got_flip = predict.predict_probs(model, images, batch_size=3, tta="flip", progress=False)
-    np.testing.assert_allclose(got_none, plain[crop], atol=1e-5)
-    np.testing.assert_allclose(got_flip, 0.5 * (plain + flipped_back)[crop], atol=1e-5)
+    np.testing.assert_allclose(got_none, plain[CROP], atol=1e-5)
+    np.testing.assert_allclose(got_flip, _hand_tta(model, images), atol=1e-5)
     assert got_flip.dtype == np.float32 and got_flip.shape == (5, 101, 101)
 
 
@@ -331,3 +345,24 @@ def test_command_line_exit_status(world, tmp_path):
     assert proc.returncode != 0
     assert "no checkpoint" in proc.stderr and str(empty) in proc.stderr
     assert not out.exists()
+
+
+MULTI_DEVICE_SCRIPT = """
+import jax, numpy as np
+from salt_jax import predict
+from tests.test_predict import PixelLinear, _hand_tta
+assert jax.device_count() == 3, jax.devices()
+images = np.random.default_rng(1).integers(0, 256, (7, 101, 101), dtype=np.uint8)
+model = PixelLinear(0)
+for batch_size in (1, 4):  # batches of 3 and of 6 (rounded up to the device count), last one padded
+    got = predict.predict_probs(model, images, batch_size=batch_size, tta="flip", progress=False)
+    np.testing.assert_allclose(got, _hand_tta(model, images), atol=1e-5)
+print("ok")
+"""
+
+
+def test_data_parallel_over_three_devices_matches_hand_computation():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
