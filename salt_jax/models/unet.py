@@ -276,3 +276,16 @@ def _check_same_shapes(src: nnx.State, dst: nnx.State, where: str) -> None:
     if src_shapes != dst_shapes:
         diff = sorted(set(src_shapes.items()) ^ set(dst_shapes.items()), key=str)[:4]
         raise ValueError(f"ImageNet encoder {where} does not fit the UNet's; first differences: {diff}")
+
+
+def load_imagenet_encoder(unet: SaltUNet, ckpt_dir: str) -> None:
+    """`init_encoder_from_imagenet` from a converted ImageNet SENet checkpoint directory.
+
+    The directory comes from `python -m convert.torch_to_flax --arch se_resnext50_32x4d ...`.
+    """
+    from salt_jax.models import io  # io builds UNets lazily from this module
+
+    senet = io.load(ckpt_dir)
+    if not isinstance(senet, SENet):
+        raise ValueError(f"{ckpt_dir}: holds a {type(senet).__name__}, not an ImageNet SENet")
+    init_encoder_from_imagenet(unet, senet)
