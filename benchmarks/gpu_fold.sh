@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One slice of the real-data fold on a GPU (issue 8, stage 2), run from the repository root.
+#
+# A device command may run 10 minutes, the fold takes longer, and the device machine keeps its
+# files only while it stays warm (30 s after a call). So each call trains for at most
+# FOLD_SLICE_S seconds (default 540); train.py checkpoints every epoch in WORKDIR (under runs/,
+# git-ignored, left in place on the warm machine between calls) and the same command resumes
+# there. Call it again at once until it prints "FOLD DONE"; then it appends a train_fold line
+# (best val mAP, epochs, wall seconds summed over slices, images/s) to benchmarks/results.jsonl.
+# The checkpoints are too large to come back through $OUT: if the machine is released between
+# slices, the fold starts over on the next one.
+#
+# The data must travel with the call (../shared is not sent): once, on the calling machine,
+#   echo /.data/ >> .git/info/exclude
+#   mkdir -p .data/tgs_salt && cp -r ../shared/tgs_salt/{train,train.csv,depths.csv} .data/tgs_salt/
+# (about 36 MB of the 64 MiB a call may carry), and name ".data" in every call's carry.
+# Comes back under $OUT: results.jsonl, metrics.jsonl, train.log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+ENCODER="${ENCODER:-50}"
+FOLD="${FOLD:-0}"
+EPOCHS="${EPOCHS:-120}"
+DATA="${TGS_SALT_DIR:-.data/tgs_salt}"
+WORKDIR="${WORKDIR:-runs/gpu-fold-se${ENCODER}-f${FOLD}}"
+OUT="${OUT:-$WORKDIR/out}"
+mkdir -p "$WORKDIR" "$OUT"
+[ -f "$DATA/train.csv" ] || { echo "gpu_fold.sh: no $DATA/train.csv; carry the data (see the header)" >&2; exit 2; }
+
+start=$(date +%s)
+timeout --signal=TERM --kill-after=30 "${FOLD_SLICE_S:-540}" \
+  "$PY" train.py --encoder="$ENCODER" --fold="$FOLD" --data_dir="$DATA" --epochs="$EPOCHS" \
+  --workdir="$WORKDIR" --no_progress "$@" 2>&1 | tee -a "$WORKDIR/train.log"
+rc=${PIPESTATUS[0]}
+# Wall time and slice count accumulate across calls (the gaps between calls are not counted).
+echo $(( $(date +%s) - start )) >>"$WORKDIR/slice_seconds"
+cp "$WORKDIR/metrics.jsonl" "$WORKDIR/train.log" "$OUT/" 2>/dev/null
+
+if [ "$rc" -eq 0 ]; then
+  "$PY" -m salt_jax.bench --fold-record "$WORKDIR" --model "$ENCODER" --fold "$FOLD" \
+    --wall-s "$(paste -sd+ "$WORKDIR/slice_seconds" | bc)" --slices "$(wc -l <"$WORKDIR/slice_seconds")" \
+    --out "$OUT" && echo "FOLD DONE"
+elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+  echo "FOLD SLICE ENDED after ${FOLD_SLICE_S:-540} s: call the same command again now to resume"
+else
+  echo "gpu_fold.sh: train.py failed with exit code $rc (see $WORKDIR/train.log)" >&2
+  exit "$rc"
+fi
