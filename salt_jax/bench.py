@@ -580,7 +580,7 @@ def summary_line(r: dict[str, Any]) -> str:
     cfg = Config(**{f.name: r.get(f.name) for f in dataclasses.fields(Config)})
     if r.get("error"):
         return f"{cfg.label()}: ERROR {r['error'][:200]}"
-    extra = f", {r['tflops']:.1f} TFLOP/s" if r.get("tflops") else ""
+    extra = f", {r['tflops']:.3g} TFLOP/s" if r.get("tflops") else ""
     mem = f", peak {r['peak_mem_gib']:.2f} GiB" if r.get("peak_mem_gib") else ""
     return f"{cfg.label()}: {r['images_per_s']:.1f} img/s{extra}{mem} (compile {r.get('compile_s', 0):.0f} s)"
 
@@ -639,7 +639,7 @@ def render_table(records: list[dict[str, Any]]) -> str:
     peaks = [r for r in records if r.get("task") == "matmul_peak"]
     if peaks:
         lines += ["", "| device | bf16 matmul n | TFLOP/s | date |", "|---|---|---|---|"]
-        lines += [f"| {r['device']} | {r['matmul_n']} | {r['tflops']:.1f} | {r['date'][:10]} |" for r in peaks]
+        lines += [f"| {r['device']} | {r['matmul_n']} | {r['tflops']:.3g} | {r['date'][:10]} |" for r in peaks]
     folds = [r for r in records if r.get("task") == "train_fold"]
     if folds:
         lines += ["", "| device | model | fold | epochs | val mAP (best) | wall s | images/s | date |",
