@@ -75,7 +75,7 @@ def test_missing_unexpected_and_misshaped_keys_are_all_listed(tiny_state):
     assert "layer2.0.bn1.running_var (for layer2.0.bn1.var)" in message and "last_linear.bias" in message
     assert "unexpected in the checkpoint (1)" in message and "layer9.0.conv1.weight" in message
     assert "shape mismatch (1)" in message and "layer1.0.conv2.weight" in message
-    assert "(3, 3, 1, 16)" in message and "(3, 3, 2, 16)" in message  # ours and the expected HWIO
+    assert "(3, 3, 1, 8)" in message and "(3, 3, 2, 8)" in message  # ours and the expected HWIO
 
 
 def test_num_batches_tracked_is_ignored_but_nothing_else(tiny_state):

@@ -108,7 +108,7 @@ def test_generate_refuses_existing_and_leaves_nothing_on_failure(tmp_path, monke
 def test_default_data_dir_and_ensure(tmp_path, monkeypatch):
     monkeypatch.delenv("SALT_JAX_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert synthetic.default_data_dir() == tmp_path / "xdg" / "salt_jax" / "synthetic-v1-seed0"
+    assert synthetic.default_data_dir() == tmp_path / "xdg" / "salt_jax" / "synthetic-v1-seed0-480x100"
     target = tmp_path / "demo"
     monkeypatch.setenv("SALT_JAX_DATA", str(target))
     assert synthetic.default_data_dir() == target

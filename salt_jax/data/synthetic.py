@@ -33,7 +33,9 @@ __all__ = ["generate", "generate_arrays", "default_data_dir", "ensure_default_da
 
 SIZE = 101
 VERSION = "synthetic-v1"
-DEFAULT_N_TRAIN, DEFAULT_N_TEST = 1200, 200
+# Small on purpose: the default set exists for the CPU demo and tests, where a 2-core machine
+# trains the tiny UNet at ~6 images/s (docs/BENCHMARKS.md).
+DEFAULT_N_TRAIN, DEFAULT_N_TEST = 480, 100
 _CHUNK = 128  # images generated together; part of the output's definition (fixes the streams)
 _SERIES = 400  # samples of the 1-D reflectivity series
 _SERIES_OFFSET = 150.0  # depth coordinate 0 maps here, leaving room for dips and warps
@@ -90,16 +92,16 @@ def generate(out_dir: str | os.PathLike, *, n_train: int = DEFAULT_N_TRAIN,
 
 
 def default_data_dir() -> Path:
-    """`$SALT_JAX_DATA` if set, else `~/.cache/salt_jax/synthetic-v1-seed0`."""
+    """`$SALT_JAX_DATA` if set, else `~/.cache/salt_jax/synthetic-v1-seed0-480x100` (sizes in the name)."""
     env = os.environ.get("SALT_JAX_DATA")
     if env:
         return Path(env)
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "salt_jax" / f"{VERSION}-seed0"
+    return base / "salt_jax" / f"{VERSION}-seed0-{DEFAULT_N_TRAIN}x{DEFAULT_N_TEST}"
 
 
 def ensure_default_data() -> Path:
-    """The default data folder, generated (1200 train, 200 test, seed 0) on first use.
+    """The default data folder, generated (480 train, 100 test, seed 0) on first use.
 
     A folder that already holds train.csv is returned as is, so `$SALT_JAX_DATA` may also
     point at the real Kaggle data.

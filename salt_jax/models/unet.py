@@ -68,7 +68,7 @@ class UNetConfig:
 UNET_CONFIGS = {
     "se_resnext50_32x4d": UNetConfig(),
     "se_resnext101_32x4d": UNetConfig(),
-    # For the tiny encoder (stages 64/128/256/512), narrow enough for CPU tests and the demo
+    # For the tiny encoder (stages 32/64/128/256), narrow enough for CPU tests and the demo
     # (docs/BENCHMARKS.md); 4 scSE hidden units as in the full model.
     "tiny": UNetConfig(center=32, center_mid=48, dec_mid=(32, 16, 16), dec_out=8, scse_reduction=2),
 }
