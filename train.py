@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import sys
 
+from salt_jax.cache import enable_compilation_cache
 from salt_jax.training import IncompatibleRunError, NonFiniteLossError, parse_args, run
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
+    enable_compilation_cache()
     try:
         result = run(cfg)
     except (IncompatibleRunError, NonFiniteLossError) as err:

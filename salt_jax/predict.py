@@ -52,6 +52,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from salt_jax.cache import enable_compilation_cache
 from salt_jax.data.rle import DataError, rle_encode
 from salt_jax.metrics import kaggle_score_np
 from salt_jax.models import io
@@ -420,6 +421,7 @@ def _default_data_dir() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry; returns the exit status (2 with a one-line message on bad input)."""
     args = build_parser().parse_args(argv)
+    enable_compilation_cache()
     try:
         run(args)
     except (PredictError, DataError, io.CheckpointError) as e:
