@@ -1,12 +1,14 @@
 """End-to-end tiny training runs on CPU: outputs, the loss switch, resume exactness, refusals.
 
 One 40-image synthetic dataset (fold 0: 32 train, 8 validation), the tiny encoder, batch 8
-(4 steps an epoch). A persistent compilation cache shared by the runs of this module keeps the
-repeated runs from recompiling the same step.
+(4 steps an epoch). The suite's persistent compilation cache (conftest.py, inherited by the
+subprocess) keeps the repeated runs from recompiling the same step.
 """
 
 import json
+import os
 import pathlib
+import socket
 import subprocess
 import sys
 import textwrap
@@ -26,17 +28,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return generate(tmp_path_factory.mktemp("data") / "tgs", n_train=40, n_test=2, seed=3)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("jax_cache")
-    old = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", str(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield cache
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
 
 
 def tiny(data_dir, workdir, **kw) -> TrainConfig:
@@ -106,30 +97,70 @@ def test_non_finite_loss_stops_and_saves_nothing(data_dir, tmp_path):
 PARALLEL_SCRIPT = textwrap.dedent("""
     import sys, numpy as np, jax
     from salt_jax.training import TrainConfig, run
-    data_dir, workdir, out = sys.argv[1:4]
-    assert len(jax.devices()) == 2, jax.devices()
+    data_dir, workdir, out, distributed = sys.argv[1:5]
     cfg = TrainConfig(encoder="tiny", data_dir=data_dir, workdir=workdir, epochs=1, switch_epoch=1,
-                      batch_size=8, lr=1e-3, dtype="float32", progress=False, recipe="cosine")
+                      batch_size=8, lr=1e-3, dtype="float32", progress=False, recipe="cosine",
+                      distributed=distributed == "1")
     result = run(cfg)
-    np.savez(out, *[np.asarray(x) for x in jax.tree.leaves(result.state["params"])])
+    assert len(jax.devices()) == 2, jax.devices()
+    if jax.process_index() == 0:
+        np.savez(out, *[np.asarray(x) for x in jax.tree.leaves(result.state["params"])])
 """)
 
 
-@pytest.mark.slow
-def test_two_devices_match_one_device(data_dir, tmp_path):
-    """The same global batch on 2 (fake CPU) devices and on 1 gives the same parameters (sync BN).
+def _env(tmp_path, **extra) -> dict:
+    cache = {k: v for k, v in os.environ.items() if k.startswith("JAX_PERSISTENT") or k == "JAX_COMPILATION_CACHE_DIR"}
+    return {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **cache, **extra}
 
-    SGD (the cosine recipe, lr constant at 1e-3 here) keeps the comparison tight: Adam's first
+
+@pytest.fixture(scope="module")
+def one_device_params(data_dir, tmp_path_factory):
+    """The reference: the same global batches on this process's single CPU device.
+
+    SGD (the cosine recipe, lr constant at 1e-3 here) keeps the comparisons tight: Adam's first
     steps are ~lr * sign(grad), which turns reduction-order noise on near-zero gradients into
     differences of up to 2 * lr per step (measured 6e-3 after 4 steps), proving nothing.
     """
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-           "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    out = tmp_path / "params2.npz"
-    subprocess.run([sys.executable, "-c", PARALLEL_SCRIPT, str(data_dir), str(tmp_path / "w2"), str(out)],
-                   cwd=REPO, env=env, check=True, timeout=800)
-    one = params_of(run(tiny(data_dir, tmp_path / "w1", epochs=1, recipe="cosine")))
+    return params_of(run(tiny(data_dir, tmp_path_factory.mktemp("one") / "w", epochs=1, recipe="cosine")))
+
+
+def _assert_same_params(one, out):
     two = np.load(out)
     assert len(one) == len(two.files)
     for i, a in enumerate(one):
         np.testing.assert_allclose(a, two[f"arr_{i}"], rtol=1e-4, atol=1e-5, err_msg=f"leaf {i}")
+
+
+@pytest.mark.slow
+def test_two_devices_match_one_device(data_dir, tmp_path, one_device_params):
+    """The same global batch on 2 (fake CPU) devices and on 1 gives the same parameters (sync BN)."""
+    out = tmp_path / "params2.npz"
+    env = _env(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    subprocess.run([sys.executable, "-c", PARALLEL_SCRIPT, str(data_dir), str(tmp_path / "w2"), str(out), "0"],
+                   cwd=REPO, env=env, check=True, timeout=800)
+    _assert_same_params(one_device_params, out)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_device(data_dir, tmp_path, one_device_params):
+    """Multi-host data parallelism on one machine: 2 processes (1 CPU device each, gloo
+    collectives) joined by jax.distributed, each feeding its half of every global batch."""
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "params2.npz"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PARALLEL_SCRIPT, str(data_dir), str(tmp_path / "w2"), str(out), "1"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=_env(tmp_path, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                     JAX_PROCESS_ID=str(rank)))
+        for rank in range(2)
+    ]
+    try:
+        logs = [p.communicate(timeout=800)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    _assert_same_params(one_device_params, out)

@@ -24,7 +24,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from flax import nnx
+
+from salt_jax.models.initialize import init_module
 
 METADATA = "metadata.json"
 STATE = "state"
@@ -71,10 +74,10 @@ def build(arch: str, model_kwargs: dict[str, Any] | None = None, *, abstract: bo
         raise ValueError(f"unknown arch {arch!r}; known: {sorted(BUILDERS)}")
     kwargs = {**(model_kwargs or {}), **overrides}
 
-    def make() -> nnx.Module:
-        return BUILDERS[arch](rngs=nnx.Rngs(0), **kwargs)
+    def make(rngs: nnx.Rngs) -> nnx.Module:
+        return BUILDERS[arch](rngs=rngs, **kwargs)
 
-    return nnx.eval_shape(make) if abstract else make()
+    return nnx.eval_shape(lambda: make(nnx.Rngs(0))) if abstract else init_module(make, seed=0)
 
 
 def save(
@@ -99,13 +102,30 @@ def save(
         raise ValueError(f"unknown arch {arch!r}; known: {sorted(BUILDERS)}")
     directory = pathlib.Path(directory).absolute()
     saving, previous = _siblings(directory)
-    shutil.rmtree(saving, ignore_errors=True)  # a crashed earlier save
-    saving.parent.mkdir(parents=True, exist_ok=True)
-    saving.mkdir()
+    # Multi-process runs: every process takes part in orbax's save (a collective), and only
+    # process 0 touches the file system around it, between barriers.
+    primary = jax.process_index() == 0
+    if primary:
+        shutil.rmtree(saving, ignore_errors=True)  # a crashed earlier save
+        saving.mkdir(parents=True)
+    _barrier(f"salt_jax.io.save:start:{directory}")
 
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(saving / STATE, nnx.to_pure_dict(nnx.state(model)))
         checkpointer.wait_until_finished()
+    if primary:
+        _write_metadata_and_swap(directory, saving, previous, arch, model_kwargs, metadata)
+    _barrier(f"salt_jax.io.save:done:{directory}")
+    return directory
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def _write_metadata_and_swap(directory, saving, previous, arch, model_kwargs, metadata) -> None:
+    """Completes `saving` with metadata.json, then renames it into place (old copy aside first)."""
     record = {
         "format": FORMAT,
         "arch": arch,
@@ -120,7 +140,6 @@ def save(
         directory.rename(previous)
     saving.rename(directory)
     shutil.rmtree(previous, ignore_errors=True)
-    return directory
 
 
 def read_metadata(directory: str | pathlib.Path) -> dict[str, Any]:

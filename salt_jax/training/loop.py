@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import time
 import warnings
@@ -61,7 +62,7 @@ def run(cfg: TrainConfig) -> RunResult:
     """Trains `cfg.fold` for `cfg.epochs` epochs (resuming if WORKDIR holds a checkpoint)."""
     cfg.validate()
     if cfg.distributed:
-        jax.distributed.initialize()
+        _initialize_distributed()
     workdir = pathlib.Path(cfg.workdir or f"runs/{cfg.encoder}-fold{cfg.fold}").absolute()
     _claim_workdir(workdir, cfg)
     log = _Logger(workdir, progress=cfg.progress)
@@ -129,6 +130,20 @@ def run(cfg: TrainConfig) -> RunResult:
 # ---------------------------------------------------------------------------------------------- setup
 
 
+def _initialize_distributed() -> None:
+    """`jax.distributed.initialize()`, also for plain local processes.
+
+    On clusters JAX detects everything (SLURM, Open MPI, Kubernetes, Cloud TPU). Elsewhere the
+    coordinator comes from JAX_COORDINATOR_ADDRESS, and the process count and rank from
+    JAX_NUM_PROCESSES / JAX_PROCESS_ID, which JAX itself does not read. CPU processes exchange
+    their collectives through gloo (the CPU client has no other cross-process transport).
+    """
+    env = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+    kwargs = {arg: int(os.environ[var]) for arg, var in env.items() if os.environ.get(var)}
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+
+
 def _data_dir(cfg: TrainConfig) -> pathlib.Path:
     if cfg.data_dir:
         return pathlib.Path(cfg.data_dir)
@@ -163,11 +178,12 @@ def _check_batch(cfg: TrainConfig, mesh, n_train: int) -> None:
 
 
 def _build_model(cfg: TrainConfig) -> nnx.Module:
+    from salt_jax.models.initialize import init_module
     from salt_jax.models.unet import SaltUNet, init_encoder_from_imagenet
 
     dtype = cfg.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
-    # One jitted initialisation: eagerly, every parameter shape would compile its own initialiser.
-    model = nnx.jit(lambda: SaltUNet(cfg.encoder, rngs=nnx.Rngs(cfg.seed), dtype=jnp.dtype(dtype)))()
+    # Host-side init: eagerly (or under nnx.jit) XLA compiles the initialisers for ~30 s on CPU.
+    model = init_module(lambda rngs: SaltUNet(cfg.encoder, rngs=rngs, dtype=jnp.dtype(dtype)), cfg.seed)
     if cfg.pretrained:
         encoder = model_io.load(cfg.pretrained)
         arch = model_io.read_metadata(cfg.pretrained)["arch"]
