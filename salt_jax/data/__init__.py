@@ -1,11 +1,16 @@
-"""TGS Salt data: Kaggle-layout reader, RLE, folds and a built-in synthetic dataset.
+"""TGS Salt data: Kaggle-layout reader, RLE, folds, on-device augmentation, synthetic data.
 
     from salt_jax import data
     train = data.load_train("/path/to/tgs_salt")      # TrainSet: ids, images, masks, depths
     folds = data.make_folds(train.ids, train.masks)   # the original's stratified 5 folds
     demo_dir = data.ensure_default_data()              # synthetic set in the same layout
+    x, y = data.augment_batch(key, images, masks)      # jittable, on the device
+
+The TFDS builder lives in `salt_jax.data.tfds_tgs_salt` (imported on demand: it needs
+tensorflow-datasets).
 """
 
+from salt_jax.data.augment import augment_batch, batch_key, pad_reflect_128
 from salt_jax.data.folds import (MIN_TRAIN_SALT_PX, make_folds, mask_type, mask_types,
                                  read_folds_csv, split_indices, write_folds_csv)
 from salt_jax.data.kaggle import TestSet, TrainSet, default_cache_dir, load_test, load_train
@@ -18,4 +23,5 @@ __all__ = [
     "MIN_TRAIN_SALT_PX", "mask_type", "mask_types", "make_folds", "split_indices",
     "write_folds_csv", "read_folds_csv",
     "default_data_dir", "ensure_default_data",
+    "pad_reflect_128", "augment_batch", "batch_key",
 ]
