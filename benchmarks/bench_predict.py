@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -34,21 +32,8 @@ ARCHS = {"tiny": "unet_tiny", "50": "unet_se_resnext50_32x4d", "101": "unet_se_r
 
 
 def random_model(arch: str, seed: int = 0) -> nnx.Module:
-    """The eval-mode module `arch` with He-normal kernels, zero biases, identity BatchNorm."""
-    graphdef, state = nnx.split(io.build(arch, abstract=True))
-    rng = np.random.default_rng(seed)
-
-    def init(path, leaf):
-        name = path[-1].key
-        if name in ("scale", "var"):
-            return jnp.ones(leaf.shape, leaf.dtype)
-        if name in ("bias", "mean"):
-            return jnp.zeros(leaf.shape, leaf.dtype)
-        fan_in = int(np.prod(leaf.shape[:-1]))
-        return jnp.asarray(rng.normal(0.0, math.sqrt(2.0 / fan_in), leaf.shape), leaf.dtype)
-
-    nnx.replace_by_pure_dict(state, jax.tree_util.tree_map_with_path(init, nnx.to_pure_dict(state)))
-    model = nnx.merge(graphdef, state)
+    """The eval-mode module `arch`, randomly initialised (the rate does not depend on the values)."""
+    model = io.build(arch, seed=seed)
     model.eval()
     return model
 

@@ -13,12 +13,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-torch = pytest.importorskip("torch")
-reference = pytest.importorskip("convert.reference")
-try:
-    reference.cadene_senet()
-except reference.ReferenceUnavailable as err:
-    pytest.skip(str(err), allow_module_level=True)
+from tests.torch_reference import require_torch_reference
+
+torch, reference = require_torch_reference()
 
 from convert.torch_to_flax import convert_state  # noqa: E402
 from convert.torch_unet import TorchSaltUNet  # noqa: E402

@@ -14,12 +14,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-torch = pytest.importorskip("torch")
-reference = pytest.importorskip("convert.reference")
-try:
-    reference.cadene_senet()
-except reference.ReferenceUnavailable as err:
-    pytest.skip(str(err), allow_module_level=True)
+from tests.torch_reference import require_torch_reference
+
+torch, reference = require_torch_reference()
 
 from convert import torch_to_flax  # noqa: E402
 from convert.torch_to_flax import ConversionError, convert_state  # noqa: E402

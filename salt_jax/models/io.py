@@ -68,8 +68,10 @@ BUILDERS: dict[str, Callable[..., nnx.Module]] = {
 }
 
 
-def build(arch: str, model_kwargs: dict[str, Any] | None = None, *, abstract: bool = False, **overrides) -> nnx.Module:
-    """Builds the module registered as `arch` (random init; `abstract=True`: shapes only, no memory)."""
+def build(arch: str, model_kwargs: dict[str, Any] | None = None, *, abstract: bool = False, seed: int = 0,
+          **overrides) -> nnx.Module:
+    """Builds the module registered as `arch`: random init from `seed` (host-side, see
+    initialize.py); `abstract=True`: shapes only, no memory."""
     if arch not in BUILDERS:
         raise ValueError(f"unknown arch {arch!r}; known: {sorted(BUILDERS)}")
     kwargs = {**(model_kwargs or {}), **overrides}
@@ -77,7 +79,7 @@ def build(arch: str, model_kwargs: dict[str, Any] | None = None, *, abstract: bo
     def make(rngs: nnx.Rngs) -> nnx.Module:
         return BUILDERS[arch](rngs=rngs, **kwargs)
 
-    return nnx.eval_shape(lambda: make(nnx.Rngs(0))) if abstract else init_module(make, seed=0)
+    return nnx.eval_shape(lambda: make(nnx.Rngs(seed))) if abstract else init_module(make, seed=seed)
 
 
 def save(
