@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import pathlib
 import time
@@ -215,7 +214,7 @@ def _train_epoch(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int, data
     deadlock when steps are dispatched asynchronously on few cores).
     """
     batches = epoch_batches(len(data.train_images), cfg.batch_size, seed=cfg.seed, epoch=epoch)
-    sync_each_step = jax.default_backend() == "cpu" and len(jax.devices()) > 1
+    sync_each_step = _must_sync_each_step()
     first_step = int(state["step"])
     epoch_arg = replicate(np.asarray(epoch, np.int32), steps.replicated)
     losses = []
@@ -239,6 +238,11 @@ def _train_epoch(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int, data
     return state, float(values.mean()), seconds
 
 
+def _must_sync_each_step() -> bool:
+    """XLA's CPU collectives can deadlock with asynchronously dispatched steps on few cores."""
+    return jax.default_backend() == "cpu" and len(jax.devices()) > 1
+
+
 def _check_finite(values, first_step: int, epoch: int) -> None:
     values = np.asarray(jax.device_get(list(values)) if isinstance(values, list) else values, np.float64)
     bad = np.flatnonzero(~np.isfinite(values))
@@ -258,7 +262,7 @@ def _evaluate(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int):
         sums, probs = steps.eval_step(state["params"], state["rest"], arrays["val_images"], arrays["val_masks"],
                                       shard_batch(idx[b], steps.batch_sharded),
                                       shard_batch(valid[b], steps.batch_sharded), epoch_arg)
-        if len(jax.devices()) > 1 and jax.default_backend() == "cpu":
+        if _must_sync_each_step():
             jax.block_until_ready(sums)
         totals.append(sums)
         first_probs = probs if first_probs is None else first_probs
