@@ -67,6 +67,19 @@ def test_run_writes_outputs_and_switches_loss_without_recompiling(fresh3):
     assert best["val_map"] == max(r["val_map"] for r in records)
 
 
+def test_predict_eval_reproduces_the_best_val_map(fresh3, data_dir, capsys):
+    """`predict --eval --tta=none` on a run scores its validation fold with its best model: the
+    same number the training loop recorded (same crop, threshold and metric)."""
+    from salt_jax import predict
+
+    assert predict.main(["--runs", str(fresh3.workdir), "--data_dir", str(data_dir), "--eval", "--tta=none",
+                         "--no_progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "8 train images of validation fold 0" in printed
+    score = float(printed.split("ensemble kaggle_map ")[1].split()[0])
+    assert abs(score - fresh3.best_val_map) < 1e-6, printed
+
+
 def test_resume_continues_exactly(fresh3, data_dir, tmp_path):
     workdir = tmp_path / "w"
     run(tiny(data_dir, workdir, epochs=2))
