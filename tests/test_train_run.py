@@ -16,6 +16,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from salt_jax.data.synthetic import generate
 from salt_jax.training import IncompatibleRunError, NonFiniteLossError, TrainConfig, run
@@ -177,3 +178,30 @@ def test_two_processes_match_one_device(data_dir, tmp_path, one_device_params):
             p.kill()
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
     _assert_same_params(one_device_params, out)
+
+
+def test_pretrained_encoder_initialises_the_unet(tmp_path):
+    """`--pretrained DIR` (a converted ImageNet SENet) fills the UNet's encoder as the original:
+    stages copied whole, stem kernel and BN affine copied, stem BN statistics fresh."""
+    from salt_jax.models import io
+    from salt_jax.training.loop import _build_model
+
+    senet = io.build("se_resnext_tiny", seed=7)
+    senet.layer0.bn1.mean[...] = senet.layer0.bn1.mean[...] + 0.5  # must NOT reach the UNet
+    io.save(tmp_path / "imagenet", senet, arch="se_resnext_tiny")
+    unet = _build_model(tiny(tmp_path, tmp_path / "w", pretrained=str(tmp_path / "imagenet")))
+
+    flat = lambda m: {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(m))}  # noqa: E731
+    src, dst = flat(senet.layer3), flat(unet.encoder.layer3)
+    assert src.keys() == dst.keys()
+    for path in src:
+        np.testing.assert_array_equal(src[path], dst[path])
+    np.testing.assert_array_equal(senet.layer0.conv1.kernel[...], unet.encoder.layer0.conv1.kernel[...])
+    np.testing.assert_array_equal(senet.layer0.bn1.scale[...], unet.encoder.layer0.bn1.scale[...])
+    np.testing.assert_array_equal(unet.encoder.layer0.bn1.mean[...], 0.0)
+
+    other = tmp_path / "other"  # another encoder's checkpoint: refused from its metadata alone
+    (other / "state").mkdir(parents=True)  # no weights at all: they must never be read
+    (other / "metadata.json").write_text('{"arch": "se_resnext50_32x4d"}')
+    with pytest.raises(ValueError, match="holds 'se_resnext50_32x4d', but --encoder is 'tiny'"):
+        _build_model(tiny(tmp_path, tmp_path / "w2", pretrained=str(other)))

@@ -184,11 +184,10 @@ def _build_model(cfg: TrainConfig) -> nnx.Module:
     # Host-side init: eagerly (or under nnx.jit) XLA compiles the initialisers for ~30 s on CPU.
     model = init_module(lambda rngs: SaltUNet(cfg.encoder, rngs=rngs, dtype=jnp.dtype(dtype)), cfg.seed)
     if cfg.pretrained:
-        encoder = model_io.load(cfg.pretrained)
-        arch = model_io.read_metadata(cfg.pretrained)["arch"]
+        arch = model_io.read_metadata(cfg.pretrained)["arch"]  # refuse before loading the weights
         if arch != cfg.encoder and not (cfg.encoder == "tiny" and arch == "se_resnext_tiny"):
             raise ValueError(f"--pretrained {cfg.pretrained} holds {arch!r}, but --encoder is {cfg.encoder!r}")
-        init_encoder_from_imagenet(model, encoder)
+        init_encoder_from_imagenet(model, model_io.load(cfg.pretrained))
     return model
 
 
