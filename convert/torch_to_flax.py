@@ -125,9 +125,9 @@ def decoder_block(flax: FlaxPath, torch: str) -> Iterator[Entry]:
 
 
 def scse(flax: FlaxPath, torch: str) -> Iterator[Entry]:
-    """cSE.linear_1/linear_2 (nn.Linear) and sSE.conv (1x1 Conv2d with bias)."""
-    yield from linear((*flax, "cse", "linear_1"), f"{torch}.cSE.linear_1")
-    yield from linear((*flax, "cse", "linear_2"), f"{torch}.cSE.linear_2")
+    """cSE.linear_1/linear_2 (nn.Linear; our SEModule's fc1/fc2) and sSE.conv (1x1 Conv2d with bias)."""
+    yield from linear((*flax, "cse", "fc1"), f"{torch}.cSE.linear_1")
+    yield from linear((*flax, "cse", "fc2"), f"{torch}.cSE.linear_2")
     yield from conv((*flax, "sse", "conv"), f"{torch}.sSE.conv", bias=True)
 
 

@@ -62,6 +62,8 @@ class SEModule(nnx.Module):
 
     def __init__(self, channels: int, reduction: int, *, dtype, rngs: nnx.Rngs):
         hidden = channels // reduction
+        if hidden < 1:
+            raise ValueError(f"squeeze-excitation on {channels} channels with reduction {reduction} has no hidden unit")
         self.fc1 = nnx.Linear(channels, hidden, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
         self.fc2 = nnx.Linear(hidden, channels, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 

@@ -37,7 +37,7 @@ from flax import nnx
 
 from salt_jax.models.layers import BatchNorm, conv, max_pool
 from salt_jax.models.senet import CONFIGS as SENET_CONFIGS
-from salt_jax.models.senet import SENet, SENetConfig
+from salt_jax.models.senet import SEModule, SENet, SENetConfig
 
 Array = jax.Array
 
@@ -111,22 +111,6 @@ class DecoderBlock(nnx.Module):
         return jax.nn.relu(self.deconv(jax.nn.relu(self.bn(self.conv(x)))))
 
 
-class ChannelSE(nnx.Module):
-    """cSE: x * sigmoid(linear_2(relu(linear_1(mean_hw(x)))))."""
-
-    def __init__(self, channels: int, reduction: int, *, dtype, rngs: nnx.Rngs):
-        hidden = channels // reduction
-        if hidden < 1:
-            raise ValueError(f"scSE on {channels} channels with reduction {reduction} has no hidden unit")
-        self.linear_1 = nnx.Linear(channels, hidden, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-        self.linear_2 = nnx.Linear(hidden, channels, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-
-    def __call__(self, x: Array) -> Array:
-        s = jnp.mean(x, axis=(1, 2), dtype=jnp.float32).astype(x.dtype)
-        s = jax.nn.sigmoid(self.linear_2(jax.nn.relu(self.linear_1(s))))
-        return x * s[:, None, None, :]
-
-
 class SpatialSE(nnx.Module):
     """sSE: x * sigmoid(conv1x1(x -> 1 channel, bias))."""
 
@@ -138,10 +122,13 @@ class SpatialSE(nnx.Module):
 
 
 class SCSE(nnx.Module):
-    """Concurrent spatial and channel squeeze-excitation: cSE(x) + sSE(x) (a sum)."""
+    """Concurrent spatial and channel squeeze-excitation: cSE(x) + sSE(x) (a sum).
+
+    cSE is the encoder's squeeze-excitation (the original's cSE.linear_1/linear_2 are our fc1/fc2).
+    """
 
     def __init__(self, channels: int, reduction: int, *, dtype, rngs: nnx.Rngs):
-        self.cse = ChannelSE(channels, reduction, dtype=dtype, rngs=rngs)
+        self.cse = SEModule(channels, reduction, dtype=dtype, rngs=rngs)
         self.sse = SpatialSE(channels, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
