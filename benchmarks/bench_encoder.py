@@ -23,8 +23,6 @@ import json
 import os
 import pathlib
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import jax
@@ -35,20 +33,10 @@ from flax import nnx
 
 from salt_jax.models.layers import GroupedConv
 from salt_jax.models.senet import se_resnext50_32x4d
+from timing import timed
 
 RESULTS = pathlib.Path(__file__).with_name("results.jsonl")
 LR = 0.01
-
-
-def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
-    """Milliseconds per call of `fn` (which must block until its result is ready)."""
-    fn()  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"ms": round(statistics.median(times), 2), "ms_min": round(min(times), 2), "ms_max": round(max(times), 2)}
 
 
 # ---------------------------------------------------------------- JAX

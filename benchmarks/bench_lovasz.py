@@ -18,16 +18,14 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
-from typing import Callable
 
 import jax
 import numpy as np
 import torch
 
 from salt_jax.losses import lovasz_hinge
+from timing import timed
 
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 
@@ -64,24 +62,12 @@ def torch_lovasz_hinge(logits: torch.Tensor, labels: torch.Tensor, variant: str)
 # ----------------------------------------------------------------------------------------------
 
 
-def median_ms(run: Callable[[], object], *, warmup: int, repeats: int) -> float:
-    """Median wall-clock time of run() in milliseconds; run must block until its result is ready."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def bench_jax(logits: np.ndarray, labels: np.ndarray, variant: str, device: str, **timing) -> tuple[float, float]:
     """(ms, loss) of the jitted value-and-gradient on the chosen JAX backend."""
     target = jax.devices(device)[0]
     x, y = jax.device_put(logits, target), jax.device_put(labels, target)
     step = jax.jit(jax.value_and_grad(lambda a, b: lovasz_hinge(a, b, variant=variant)))
-    ms = median_ms(lambda: jax.block_until_ready(step(x, y)), **timing)
+    ms = timed(lambda: jax.block_until_ready(step(x, y)), **timing)["ms"]
     return ms, float(step(x, y)[0])
 
 
@@ -99,7 +85,7 @@ def bench_torch(logits: np.ndarray, labels: np.ndarray, variant: str, device: st
             torch.cuda.synchronize()
         return loss.item()
 
-    ms = median_ms(run, **timing)
+    ms = timed(run, **timing)["ms"]
     return ms, run()
 
 

@@ -22,8 +22,6 @@ import json
 import os
 import pathlib
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import jax
@@ -31,20 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from timing import timed
 
 RESULTS = pathlib.Path(__file__).with_name("results.jsonl")
 LR = 1e-4
-
-
-def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
-    """Milliseconds per call of `fn` (which must block until its result is ready)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"ms": round(statistics.median(times), 1), "ms_min": round(min(times), 1), "ms_max": round(max(times), 1)}
 
 
 def batch_data(batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
