@@ -41,7 +41,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -54,7 +53,9 @@ from tqdm import tqdm
 
 from salt_jax.cache import enable_compilation_cache
 from salt_jax.data.rle import DataError, rle_encode
+from salt_jax.fileio import atomic_write
 from salt_jax.metrics import kaggle_score_np
+from salt_jax.mesh import data_mesh
 from salt_jax.models import io
 
 INPUT_SIZE = 128
@@ -69,11 +70,6 @@ class PredictError(ValueError):
 
 
 # --------------------------------------------------------------------------- single model
-
-
-def data_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh over all devices with axis "data" (Auto axes: XLA propagates the sharding)."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _prob_128(model: nnx.Module, x: jax.Array) -> jax.Array:
@@ -326,19 +322,8 @@ def write_submission(path: str | os.PathLike, ids: Sequence[str], probs: np.ndar
     if len(ids) != len(probs):
         raise ValueError(f"{len(ids)} ids for {len(probs)} predictions")
     lines = ["id,rle_mask"] + [f"{i},{rle_encode(p > threshold)}" for i, p in zip(ids, probs)]
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=directory)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write("\n".join(lines) + "\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, "w", newline="") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def _figure_sample(n: int) -> np.ndarray:

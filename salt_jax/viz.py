@@ -10,7 +10,6 @@ sees a half-written PNG and a crash leaves no partial file behind.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 
 import matplotlib
@@ -20,6 +19,7 @@ matplotlib.use("Agg")  # before pyplot: headless rendering, also on machines wit
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from salt_jax.fileio import atomic_write  # noqa: E402
 from salt_jax.metrics import kaggle_score_np  # noqa: E402
 
 DPI = 100
@@ -206,28 +206,11 @@ def _switch_epoch(records: Sequence[dict]) -> int | None:
     return None
 
 
-def _umask() -> int:
-    """The process umask (reading it requires setting it; restored at once)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _save_atomic(fig, path: str | os.PathLike) -> str:
-    """Save `fig` as PNG to a temporary file beside `path`, then rename it into place."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
+    """Save `fig` as PNG to a temporary file beside `path`, then rename it into place; closes `fig`."""
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path, "wb") as f:
             fig.savefig(f, format="png", dpi=DPI)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     finally:
         plt.close(fig)
-    return path
+    return os.fspath(path)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +30,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from salt_jax.data.rle import DataError
+from salt_jax.fileio import atomic_write
 
 __all__ = ["mask_type", "mask_types", "make_folds", "split_indices", "write_folds_csv",
            "read_folds_csv", "MIN_TRAIN_SALT_PX"]
@@ -110,18 +110,10 @@ def write_folds_csv(path: str | os.PathLike, ids: Sequence[str], folds: np.ndarr
     path = Path(path)
     if not len(ids) == len(folds) == len(types):
         raise ValueError(f"lengths differ: {len(ids)} ids, {len(folds)} folds, {len(types)} types")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "fold", "mask_type"])
-            writer.writerows(zip(ids, np.asarray(folds).tolist(), np.asarray(types).tolist()))
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        os.unlink(tmp_name)
-        raise
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "fold", "mask_type"])
+        writer.writerows(zip(ids, np.asarray(folds).tolist(), np.asarray(types).tolist()))
 
 
 def read_folds_csv(path: str | os.PathLike, ids: Sequence[str], *, n_splits: int = 5) -> np.ndarray:

@@ -33,7 +33,6 @@ import math
 import os
 import re
 import struct
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -45,6 +44,7 @@ import numpy as np
 from PIL import Image
 
 from salt_jax.data.rle import DataError, rle_decode
+from salt_jax.fileio import atomic_write
 
 __all__ = ["DataError", "TrainSet", "TestSet", "load_train", "load_test", "default_cache_dir"]
 
@@ -393,18 +393,10 @@ def _write_cache(path: Path | None, arrays: dict[str, np.ndarray]) -> None:
     """Write the arrays to `path` atomically; failure to write is only a warning."""
     if path is None:
         return
-    tmp_name = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.stem + ".",
-                                         suffix=".tmp", delete=False) as f:
-            tmp_name = f.name
+        with atomic_write(path, "wb") as f:
             np.savez(f, **arrays)
-        os.chmod(tmp_name, 0o644)  # NamedTemporaryFile creates 0600; a cache may be shared
-        os.replace(tmp_name, path)
     except OSError as err:
-        if tmp_name is not None and os.path.exists(tmp_name):
-            os.unlink(tmp_name)
         warnings.warn(f"could not write cache {path}: {err}", stacklevel=3)
 
 
