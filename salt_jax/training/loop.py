@@ -33,7 +33,8 @@ from salt_jax.training.checkpoint import Checkpoints
 from salt_jax.training.config import TrainConfig, load_config_json
 from salt_jax.training.fold_data import FoldData, epoch_batches, eval_batches, load_fold
 from salt_jax.training.plateau import ReduceOnPlateau, cosine_cycle_lr
-from salt_jax.training.steps import LossOptions, Steps, make_mesh, make_optimizer, replicate, shard_batch
+from salt_jax.mesh import data_mesh
+from salt_jax.training.steps import LossOptions, Steps, make_optimizer, replicate, shard_batch
 
 PROGRESS_EVERY = 10  # steps between (lagged) loss reads for the progress bar
 
@@ -67,7 +68,7 @@ def run(cfg: TrainConfig) -> RunResult:
     log = _Logger(workdir, progress=cfg.progress)
     data = load_fold(_data_dir(cfg), cfg.fold, folds_csv=cfg.folds_csv,
                      write_to=workdir / "folds.csv" if jax.process_index() == 0 else None)
-    mesh = make_mesh()
+    mesh = data_mesh()
     _check_batch(cfg, mesh, len(data.train_images))
     steps = Steps(_build_model(cfg), make_optimizer(cfg.recipe, cfg.resolved_weight_decay(), cfg.lr), mesh,
                   seed=cfg.seed, loss=LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz))

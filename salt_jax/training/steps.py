@@ -28,16 +28,10 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from salt_jax.data.augment import augment_batch, batch_key
 from salt_jax.losses import CROP_101, multi_loss
+from salt_jax.mesh import DATA_AXIS
 from salt_jax.metrics import kaggle_score
 
-DATA_AXIS = "data"
 TrainState = dict[str, Any]  # {"params", "rest", "opt_state", "step"}
-
-
-def make_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh over every device of every process, axis "data" (GSPMD auto sharding)."""
-    devices = jax.devices()
-    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def make_optimizer(recipe: str, weight_decay: float, lr: float) -> optax.GradientTransformation:
@@ -75,7 +69,7 @@ class Steps:
     Args:
       model: the SaltUNet (any mode; train and eval graphs are derived from it).
       tx: the optimizer (see make_optimizer).
-      mesh: the device mesh (see make_mesh).
+      mesh: the device mesh (salt_jax.mesh.data_mesh).
       seed: the augmentation seed; batch keys are batch_key(seed, epoch, global step).
       loss: the loss switch and Lovasz form.
     """
