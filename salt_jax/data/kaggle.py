@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from salt_jax.cache import cache_root
 from salt_jax.data.rle import DataError, rle_decode
 from salt_jax.fileio import atomic_write
 
@@ -162,8 +163,7 @@ def default_cache_dir(data_dir: str | os.PathLike) -> Path:
     del data_dir
     if os.environ.get("SALT_JAX_CACHE"):
         return Path(os.environ["SALT_JAX_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "salt_jax" / "arrays"
+    return cache_root() / "arrays"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from salt_jax.cache import cache_root
 from salt_jax.data.rle import rle_encode
 
 __all__ = ["generate", "generate_arrays", "default_data_dir", "ensure_default_data",
@@ -96,8 +97,7 @@ def default_data_dir() -> Path:
     env = os.environ.get("SALT_JAX_DATA")
     if env:
         return Path(env)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "salt_jax" / f"{VERSION}-seed0-{DEFAULT_N_TRAIN}x{DEFAULT_N_TEST}"
+    return cache_root() / f"{VERSION}-seed0-{DEFAULT_N_TRAIN}x{DEFAULT_N_TEST}"
 
 
 def ensure_default_data() -> Path:
