@@ -28,7 +28,7 @@ N_FOLDS = 5
 # Fields that define the experiment: resuming a workdir with a different value would silently
 # mix two runs, so the loop refuses. (epochs may grow on resume; lr/patience only steer it.)
 IDENTITY_FIELDS = ("encoder", "fold", "seed", "recipe", "batch_size", "switch_epoch", "cycle_epochs",
-                   "symmetric_lovasz")
+                   "symmetric_lovasz", "augment")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,7 @@ class TrainConfig:
     cycle_epochs: int = 50
     min_lr: float = 1e-3  # cosine recipe: end of each cycle
     symmetric_lovasz: bool = False
+    augment: bool = True  # False: train on the padded images as they are (debugging, parity tests)
     plateau_patience: int = 10
     plateau_factor: float = 0.5
     demo: bool = False
@@ -186,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycle_epochs", type=_int_in(1, None), default=50, help="cosine recipe: epochs per cycle")
     p.add_argument("--symmetric_lovasz", action="store_true",
                    help="use (L(x,y) + L(-x,1-y))/2 as the Lovasz loss")
+    p.add_argument("--no_augment", action="store_true",
+                   help="train without the augmentation chain (the original always augments): to debug a run, "
+                        "or to check a training step against another implementation")
     p.add_argument("--plateau_patience", type=_int_in(0, None), default=10,
                    help="original recipe: epochs without val_map gain before halving the lr")
     p.add_argument("--distributed", action="store_true",
@@ -198,17 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Flags that switch a TrainConfig field off: argparse dest -> field (so --demo keeps them too).
+_NEGATED = {"no_augment": "augment", "no_progress": "progress"}
+
+
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Flags -> validated TrainConfig. Exits with a usage message on bad values (argparse)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    explicit = {a.dest for a in parser._actions if a.option_strings and _given(a, argv)}
+    explicit = {_NEGATED.get(a.dest, a.dest) for a in parser._actions if a.option_strings and _given(a, argv)}
     fields = dict(
         encoder=args.encoder, fold=args.fold, data_dir=args.data_dir, workdir=args.workdir,
         epochs=args.epochs, switch_epoch=args.switch_epoch, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, pretrained=args.pretrained, dtype=args.dtype, seed=args.seed,
         folds_csv=args.folds_csv, recipe=args.recipe, cycle_epochs=args.cycle_epochs,
-        symmetric_lovasz=args.symmetric_lovasz, plateau_patience=args.plateau_patience,
+        symmetric_lovasz=args.symmetric_lovasz, augment=not args.no_augment, plateau_patience=args.plateau_patience,
         distributed=args.distributed, progress=not args.no_progress,
     )
     if args.demo:
