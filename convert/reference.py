@@ -15,7 +15,12 @@ import pathlib
 import types
 from functools import cache
 
-from salt_jax.models.senet import CONFIGS, EXPANSION
+# The tiny SENet's numbers, written here and not imported from salt_jax: the reference must not
+# share the configuration of the code it checks (a wrong width there must fail the parity tests).
+# salt_jax.models.senet's "tiny" is meant to be this network: one block a stage, stages 32/64/128/256.
+TINY_SENET = {"blocks": (1, 1, 1, 1), "groups": 4, "base_width": 16, "stem_width": 8,
+              "planes": (8, 16, 32, 64), "reduction": 8}
+EXPANSION = 4  # Cadene's SEResNeXtBottleneck.expansion
 
 # The arch names of salt_jax.models.io mapped to Cadene's constructor names.
 _CADENE_CONSTRUCTORS = {
@@ -55,7 +60,7 @@ def torch_senet(arch: str, num_classes: int = 1000, *, adaptive_pool: bool = Fal
 
     Args:
       arch: "se_resnext50_32x4d" | "se_resnext101_32x4d" (Cadene's own constructors) or
-        "se_resnext_tiny" (Cadene's SENet class and bottleneck, narrowed to CONFIGS["tiny"]).
+        "se_resnext_tiny" (Cadene's SENet class and bottleneck, narrowed to TINY_SENET).
       num_classes: size of `last_linear`.
       adaptive_pool: replace Cadene's fixed `AvgPool2d(7)` with `AdaptiveAvgPool2d(1)`. The
         two agree at 224x224 (a 7x7 final map); at other input sizes AvgPool2d(7) gives a
@@ -76,7 +81,7 @@ def torch_senet(arch: str, num_classes: int = 1000, *, adaptive_pool: bool = Fal
 
 
 def _tiny_torch_senet(senet: types.ModuleType, num_classes: int):
-    """Cadene's SENet with CONFIGS["tiny"]'s numbers.
+    """Cadene's SENet with TINY_SENET's numbers.
 
     Cadene's constructor hard-codes planes 64/128/256/512, base width 4 and a 2048-wide head;
     the subclasses below change only those numbers, so every forward pass, the bottleneck,
@@ -84,12 +89,12 @@ def _tiny_torch_senet(senet: types.ModuleType, num_classes: int):
     """
     import torch.nn as nn
 
-    cfg = CONFIGS["tiny"]
-    plane_scale = {64: cfg.planes[0], 128: cfg.planes[1], 256: cfg.planes[2], 512: cfg.planes[3]}
+    cfg = TINY_SENET
+    plane_scale = dict(zip((64, 128, 256, 512), cfg["planes"]))
 
     class TinyBottleneck(senet.SEResNeXtBottleneck):
         def __init__(self, inplanes, planes, groups, reduction, stride=1, downsample=None):
-            super().__init__(inplanes, planes, groups, reduction, stride, downsample, base_width=cfg.base_width)
+            super().__init__(inplanes, planes, groups, reduction, stride, downsample, base_width=cfg["base_width"])
 
     class TinySENet(senet.SENet):
         def _make_layer(self, block, planes, blocks, groups, reduction, stride=1, **kwargs):
@@ -97,17 +102,17 @@ def _tiny_torch_senet(senet: types.ModuleType, num_classes: int):
 
     model = TinySENet(
         TinyBottleneck,
-        list(cfg.blocks),
-        groups=cfg.groups,
-        reduction=cfg.reduction,
+        list(cfg["blocks"]),
+        groups=cfg["groups"],
+        reduction=cfg["reduction"],
         dropout_p=None,
-        inplanes=cfg.stem_width,
+        inplanes=cfg["stem_width"],
         input_3x3=False,
         downsample_kernel_size=1,
         downsample_padding=0,
         num_classes=num_classes,
     )
-    model.last_linear = nn.Linear(cfg.planes[3] * EXPANSION, num_classes)
+    model.last_linear = nn.Linear(cfg["planes"][3] * EXPANSION, num_classes)
     return model
 
 

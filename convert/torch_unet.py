@@ -1,4 +1,5 @@
-"""Our PyTorch build of the original gated hypercolumn UNet, written from SPEC.md (Model).
+"""Our PyTorch build of the original gated hypercolumn UNet (torch_models/resnext50_hyper_gated.py
+of terkelbo/TGS-Salt-Kaggle-Competition, written anew; docs/DESIGN.md "Model").
 
 It exists to be the independent reference for salt_jax.models.SaltUNet: the converter is
 tested by converting its state_dict and comparing outputs, and the benchmark times it. The
@@ -8,8 +9,8 @@ by path), so only the UNet around them is ours.
 Input (N, 3, 128, 128) float32 in [0, 1]; `forward` returns (mask_logits (N, 1, 128, 128),
 salt_prob (N, 1)).
 
-State-dict keys are those of a trained original model (`model-<fold>.pt`). Where SPEC.md
-names a key but not its module, we chose:
+State-dict keys are those of a trained original model (`model-<fold>.pt`). Where a key's module
+was ours to choose, we chose:
 - `conv_in` = Conv2d(3, 64, 7, stride 1, padding 3, bias=False) (it takes Cadene's
   `layer0.conv1` weights, which have no bias), `bn_in` = BatchNorm2d(64);
   `conv1 = nn.Sequential(conv_in, bn_in)` holds the *same* modules, so the state_dict lists
@@ -26,25 +27,49 @@ names a key but not its module, we chose:
 - `classifier` = Conv2d(512, 1, 4) (valid) on the 2x2-max-pooled center2; `final` =
   Conv2d(832, 1, 1).
 
-`encoder="tiny"` builds the same network with salt_jax's tiny widths (UNET_CONFIGS["tiny"])
-on Cadene's SENet narrowed to CONFIGS["tiny"] (`convert.reference.torch_senet`).
+Every width comes from this file's own literal table `WIDTHS` (the full models' numbers are the
+original's), never from salt_jax's configuration, so a wrong width in salt_jax fails the parity
+tests instead of being copied into the reference.
+`encoder="tiny"` builds the same network narrowed for CPU tests, on Cadene's SENet narrowed to
+`convert.reference.TINY_SENET`.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from convert.reference import torch_senet
-from salt_jax.models.senet import CONFIGS as SENET_CONFIGS
-from salt_jax.models.unet import UNET_CONFIGS
 
-# Our encoder names -> convert.reference arch names.
-_REFERENCE_ARCH = {
-    "se_resnext50_32x4d": "se_resnext50_32x4d",
-    "se_resnext101_32x4d": "se_resnext101_32x4d",
-    "tiny": "se_resnext_tiny",
+
+@dataclasses.dataclass(frozen=True)
+class Widths:
+    """Channel counts of one UNet (literals: see `WIDTHS`)."""
+
+    reference_arch: str  # convert.reference.torch_senet's name for the encoder
+    stem: int  # conv_in / bn_in
+    stages: tuple[int, int, int, int]  # conv2..conv5 (the encoder's layer1..layer4) outputs
+    center: int  # center1, center2, center_decode outputs
+    center_mid: int  # center_decode's conv
+    dec_mid: tuple[int, int, int]  # dec5, dec4, dec3 convs
+    dec_out: int  # every decoder level
+    scse_reduction: int
+
+    @property
+    def hypercolumn(self) -> int:
+        return 5 * self.dec_out + self.center
+
+
+# The original's UNet (torch_models/resnext50_hyper_gated.py / resnext101_hyper_gated.py): center
+# 512, center_decode 1024 -> 768 -> 512, dec5/4/3 mid 512/256/128, every decoder level 64,
+# scSE reduction 16, hypercolumn 832. "tiny" narrows it for CPU tests (encoder stages 32..256).
+WIDTHS = {
+    "se_resnext50_32x4d": Widths("se_resnext50_32x4d", 64, (256, 512, 1024, 2048), 512, 768, (512, 256, 128), 64, 16),
+    "se_resnext101_32x4d": Widths("se_resnext101_32x4d", 64, (256, 512, 1024, 2048), 512, 768, (512, 256, 128), 64, 16),
+    "tiny": Widths("se_resnext_tiny", 8, (32, 64, 128, 256), 32, 48, (32, 16, 16), 8, 2),
 }
 
 
@@ -124,12 +149,12 @@ class TorchSaltUNet(nn.Module):
 
     def __init__(self, encoder: str = "se_resnext50_32x4d"):
         super().__init__()
-        if encoder not in _REFERENCE_ARCH:
-            raise ValueError(f"encoder={encoder!r}: expected one of {sorted(_REFERENCE_ARCH)}")
-        senet = torch_senet(_REFERENCE_ARCH[encoder])
-        enc_cfg, cfg = SENET_CONFIGS[encoder], UNET_CONFIGS[encoder]
-        stem = enc_cfg.stem_width
-        c1, c2, c3, c4 = enc_cfg.stage_channels
+        if encoder not in WIDTHS:
+            raise ValueError(f"encoder={encoder!r}: expected one of {sorted(WIDTHS)}")
+        cfg = WIDTHS[encoder]
+        senet = torch_senet(cfg.reference_arch)
+        stem = cfg.stem
+        c1, c2, c3, c4 = cfg.stages
 
         self.conv_in = nn.Conv2d(3, stem, 7, stride=1, padding=3, bias=False)
         self.bn_in = nn.BatchNorm2d(stem)
@@ -155,7 +180,7 @@ class TorchSaltUNet(nn.Module):
             setattr(self, f"SE{i}", SCSE(out, cfg.scse_reduction))
 
         self.classifier = nn.Conv2d(cfg.center, 1, 4)
-        self.final = nn.Conv2d(cfg.hypercolumn_channels, 1, 1)
+        self.final = nn.Conv2d(cfg.hypercolumn, 1, 1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         stem = F.relu(self.conv1(x))

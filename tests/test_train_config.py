@@ -25,6 +25,12 @@ def test_recipe_defaults():
 def test_demo_keeps_explicit_flags():
     cfg = parse_args(["--demo", "--epochs=2"])
     assert cfg.demo and cfg.encoder == "tiny" and cfg.epochs == 2 and cfg.switch_epoch == 1
+    switched_off = parse_args(["--demo", "--no_augment", "--no_progress"])
+    assert not switched_off.augment and not switched_off.progress
+
+
+def test_augmentation_is_on_unless_switched_off():
+    assert parse_args([]).augment and not parse_args(["--no_augment"]).augment
 
 
 @pytest.mark.parametrize("argv, needle", [

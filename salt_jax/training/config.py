@@ -28,7 +28,7 @@ N_FOLDS = 5
 # Fields that define the experiment: resuming a workdir with a different value would silently
 # mix two runs, so the loop refuses. (epochs may grow on resume; lr/patience only steer it.)
 IDENTITY_FIELDS = ("encoder", "fold", "seed", "recipe", "batch_size", "switch_epoch", "cycle_epochs",
-                   "symmetric_lovasz")
+                   "symmetric_lovasz", "augment", "finetune_from")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +45,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float | None = None  # None: the recipe's (1e-4 original, 2e-4 cosine)
     pretrained: str | None = None
+    finetune_from: str | None = None  # a run or model directory (salt_jax.training.finetune)
     dtype: str | None = None  # None: bfloat16 on accelerators, float32 on CPU
     seed: int = 0
     folds_csv: str | None = None
@@ -52,6 +53,7 @@ class TrainConfig:
     cycle_epochs: int = 50
     min_lr: float = 1e-3  # cosine recipe: end of each cycle
     symmetric_lovasz: bool = False
+    augment: bool = True  # False: train on the padded images as they are (debugging, parity tests)
     plateau_patience: int = 10
     plateau_factor: float = 0.5
     demo: bool = False
@@ -175,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=None,
                    help="converted ImageNet SE-ResNeXt checkpoint dir (convert/torch_to_flax.py); "
                         "without it the encoder starts from random weights")
+    p.add_argument("--finetune_from", default=None, metavar="DIR",
+                   help="the original's fine-tuning stage from a run's best model (a run directory: its fold and "
+                        "folds.csv are reused) or from a converted model (with --fold): Lovasz only, Adam lr 1e-6, "
+                        "batch 12, 75 epochs, fresh plateau; best/ only when the starting val_map is beaten. "
+                        "Default workdir DIR-finetune; other flags given explicitly still apply")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="compute dtype (parameters stay float32); default bfloat16 on GPU/TPU, float32 on CPU")
     p.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and augmentation seed")
@@ -186,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycle_epochs", type=_int_in(1, None), default=50, help="cosine recipe: epochs per cycle")
     p.add_argument("--symmetric_lovasz", action="store_true",
                    help="use (L(x,y) + L(-x,1-y))/2 as the Lovasz loss")
+    p.add_argument("--no_augment", action="store_true",
+                   help="train without the augmentation chain (the original always augments): to debug a run, "
+                        "or to check a training step against another implementation")
     p.add_argument("--plateau_patience", type=_int_in(0, None), default=10,
                    help="original recipe: epochs without val_map gain before halving the lr")
     p.add_argument("--distributed", action="store_true",
@@ -198,20 +208,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Flags that switch a TrainConfig field off: argparse dest -> field (so --demo keeps them too).
+_NEGATED = {"no_augment": "augment", "no_progress": "progress"}
+
+
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     """Flags -> validated TrainConfig. Exits with a usage message on bad values (argparse)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    explicit = {a.dest for a in parser._actions if a.option_strings and _given(a, argv)}
+    explicit = {_NEGATED.get(a.dest, a.dest) for a in parser._actions if a.option_strings and _given(a, argv)}
     fields = dict(
         encoder=args.encoder, fold=args.fold, data_dir=args.data_dir, workdir=args.workdir,
         epochs=args.epochs, switch_epoch=args.switch_epoch, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, pretrained=args.pretrained, dtype=args.dtype, seed=args.seed,
         folds_csv=args.folds_csv, recipe=args.recipe, cycle_epochs=args.cycle_epochs,
-        symmetric_lovasz=args.symmetric_lovasz, plateau_patience=args.plateau_patience,
+        symmetric_lovasz=args.symmetric_lovasz, augment=not args.no_augment, plateau_patience=args.plateau_patience,
         distributed=args.distributed, progress=not args.no_progress,
     )
-    if args.demo:
+    if args.finetune_from:
+        from salt_jax.training.finetune import finetune_config
+
+        if args.demo:
+            parser.error("--demo and --finetune_from exclude each other")
+        try:
+            cfg = finetune_config(args.finetune_from, **{k: v for k, v in fields.items() if k in explicit})
+        except ValueError as err:
+            parser.error(str(err))
+    elif args.demo:
         cfg = demo_config(**{k: v for k, v in fields.items() if k in explicit})
     else:
         if fields["lr"] is None:

@@ -56,6 +56,7 @@ class RunResult:
     best_val_map: float
     state: Any  # the final train state (params, rest, opt_state, step)
     compiles: dict[str, int]  # jitted function -> number of compilations in this process
+    start_val_map: float | None = None  # fine-tuning: the starting model's score, to be beaten
 
 
 def run(cfg: TrainConfig) -> RunResult:
@@ -71,7 +72,7 @@ def run(cfg: TrainConfig) -> RunResult:
     mesh = data_mesh()
     _check_batch(cfg, mesh, len(data.train_images))
     steps = Steps(_build_model(cfg), make_optimizer(cfg.recipe, cfg.resolved_weight_decay(), cfg.lr), mesh,
-                  seed=cfg.seed, loss=LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz))
+                  seed=cfg.seed, loss=LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz), augment=cfg.augment)
     arrays = {k: replicate(v, steps.replicated) for k, v in dataclasses.asdict(data).items() if k != "val_ids"}
 
     ckpt = Checkpoints(workdir / "checkpoints")
@@ -80,6 +81,10 @@ def run(cfg: TrainConfig) -> RunResult:
     if ckpt.latest_step() is not None:
         state, progress = ckpt.restore(ckpt.latest_step(), state)
         log.info(f"resumed {workdir} at epoch {progress['next_epoch']} (best val_map {progress['best_val_map']:.4f})")
+    elif cfg.finetune_from:  # best/ must beat the starting model (salt_jax.training.finetune)
+        progress["best_val_map"] = progress["start_val_map"] = _starting_val_map(steps, state, arrays, cfg)
+        log.info(f"fine-tuning {cfg.finetune_from}: its val_map is {progress['start_val_map']:.4f} (eval mode); "
+                 f"best/ is written only by an epoch that beats it")
     elif not cfg.pretrained:
         log.warn("no --pretrained checkpoint: the encoder starts from random weights (expect a much lower "
                  "val_map than the ImageNet-initialised original)")
@@ -122,9 +127,12 @@ def run(cfg: TrainConfig) -> RunResult:
     finally:
         ckpt.close()
         log.close()
+    if cfg.finetune_from and progress["best_val_map"] == progress["start_val_map"]:
+        log.info(f"no epoch beat the starting val_map of {cfg.finetune_from}: {workdir / 'best'} not written")
     _pictures(workdir, progress["history"], data, last_probs, log)
     compiles = {"train_step": steps.train_step._cache_size(), "eval_step": steps.eval_step._cache_size()}
-    return RunResult(workdir, progress["history"], progress["best_val_map"], state, compiles)
+    return RunResult(workdir, progress["history"], progress["best_val_map"], state, compiles,
+                     progress.get("start_val_map"))
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -182,6 +190,10 @@ def _build_model(cfg: TrainConfig) -> nnx.Module:
     from salt_jax.models.unet import SaltUNet, init_encoder_from_imagenet
 
     dtype = cfg.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+    if cfg.finetune_from:
+        from salt_jax.training.finetune import load_start_model
+
+        return load_start_model(cfg, dtype)
     # Host-side init: eagerly (or under nnx.jit) XLA compiles the initialisers for ~30 s on CPU.
     model = init_module(lambda rngs: SaltUNet(cfg.encoder, rngs=rngs, dtype=jnp.dtype(dtype)), cfg.seed)
     if cfg.pretrained:
@@ -271,6 +283,11 @@ def _evaluate(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int):
     val_loss = sum(float(t["loss_sum"]) for t in totals) / count
     val_map = sum(float(t["score_sum"]) for t in totals) / count
     return val_loss, val_map, first_probs
+
+
+def _starting_val_map(steps: Steps, state, arrays, cfg: TrainConfig) -> float:
+    """Fine-tuning: the score of the model it starts from, measured like every epoch (eval mode)."""
+    return _evaluate(steps, state, arrays, cfg, 0)[1]
 
 
 # ---------------------------------------------------------------------------------------------- outputs

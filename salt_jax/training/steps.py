@@ -54,6 +54,7 @@ def make_optimizer(recipe: str, weight_decay: float, lr: float) -> optax.Gradien
 class LossOptions:
     switch_epoch: int
     symmetric: bool = False
+    double_sigmoid: bool = False  # the original's dice (sigmoid applied twice); see losses.soft_dice
 
 
 def _to_float_batch(images_u8: jax.Array, masks_u8: jax.Array, idx: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -72,14 +73,16 @@ class Steps:
       mesh: the device mesh (salt_jax.mesh.data_mesh).
       seed: the augmentation seed; batch keys are batch_key(seed, epoch, global step).
       loss: the loss switch and Lovasz form.
+      augment: False trains on the batches as they are (debugging, parity tests).
     """
 
     def __init__(self, model: nnx.Module, tx: optax.GradientTransformation, mesh, *, seed: int,
-                 loss: LossOptions):
+                 loss: LossOptions, augment: bool = True):
         self.mesh = mesh
         self.tx = tx
         self.seed = seed
         self.loss = loss
+        self.augment = augment
         self.replicated = NamedSharding(mesh, P())
         self.batch_sharded = NamedSharding(mesh, P(DATA_AXIS))
         train_view = nnx.view(model, use_running_average=False, raise_if_not_found=False)
@@ -137,14 +140,16 @@ class Steps:
         Returns (new state, {"loss"}); the loss is the pre-update training loss of the batch.
         """
         x, y = _to_float_batch(images_u8, masks_u8, idx)
-        x, y = augment_batch(batch_key(self.seed, epoch, state["step"]), x, y)
+        if self.augment:
+            x, y = augment_batch(batch_key(self.seed, epoch, state["step"]), x, y)
         x = jnp.repeat(x, 3, axis=-1)
         use_lovasz = epoch >= self.loss.switch_epoch
 
         def loss_fn(params):
             model = nnx.merge(self.graph_train, params, state["rest"], copy=True)
             logits, salt_prob = model(x)
-            loss, _ = multi_loss(logits, salt_prob, y, use_lovasz=use_lovasz, symmetric=self.loss.symmetric)
+            loss, _ = multi_loss(logits, salt_prob, y, use_lovasz=use_lovasz, symmetric=self.loss.symmetric,
+                                 double_sigmoid=self.loss.double_sigmoid)
             _, _, rest = nnx.split(model, nnx.Param, ...)
             return loss, rest
 
@@ -168,7 +173,8 @@ class Steps:
         use_lovasz = epoch >= self.loss.switch_epoch
 
         def one(lg, sp, m):
-            loss, _ = multi_loss(lg[None], sp[None], m[None], use_lovasz=use_lovasz, symmetric=self.loss.symmetric)
+            loss, _ = multi_loss(lg[None], sp[None], m[None], use_lovasz=use_lovasz, symmetric=self.loss.symmetric,
+                                 double_sigmoid=self.loss.double_sigmoid)
             return loss
 
         losses = jax.vmap(one)(logits, salt_prob, y)
