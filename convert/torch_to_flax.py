@@ -385,6 +385,7 @@ def convert_file(arch: str, weights: pathlib.Path | None, out: pathlib.Path) -> 
     from salt_jax.models import io
 
     converter = CONVERTERS[arch]
+    io.check_target(out)  # refuse to replace a user's files before any download or conversion
     if weights is None:
         if converter.url is None:
             raise ConversionError(f"{arch} has no official weights; pass --weights FILE.pth")
@@ -421,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out is required")
     try:
         summary = convert_file(args.arch, args.weights, args.out)
-    except ConversionError as err:
+    except (ConversionError, FileExistsError) as err:  # FileExistsError: models.io.OverwriteError
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(

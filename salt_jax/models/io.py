@@ -10,6 +10,11 @@ Saving is atomic: the new checkpoint is written into the sibling `.<name>.saving
 directory (if any) is renamed to `.<name>.previous`, the new one renamed into place and the
 old one removed. A crash at any point leaves a complete checkpoint that `load` finds: the
 directory itself, or else the complete `.saving` (newer), or else `.previous`.
+
+`save` only ever replaces, moves or removes what it wrote itself: a target (or sibling) that
+exists and is not laid out as one of our checkpoints (only `metadata.json` and `state/`) is
+refused with `OverwriteError` before anything is written; `check_target` runs the same check
+for callers that want to refuse early (the converter, before reading its input).
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ FORMAT = "salt_jax.models.io/1"
 
 class CheckpointError(FileNotFoundError):
     """A directory that holds no loadable salt_jax model checkpoint."""
+
+
+class OverwriteError(FileExistsError):
+    """Saving would replace a file or directory that is not a salt_jax model checkpoint."""
 
 
 def _senet(name: str) -> Callable[..., nnx.Module]:
@@ -103,6 +112,7 @@ def save(
     if arch not in BUILDERS:
         raise ValueError(f"unknown arch {arch!r}; known: {sorted(BUILDERS)}")
     directory = pathlib.Path(directory).absolute()
+    check_target(directory)
     saving, previous = _siblings(directory)
     # Multi-process runs: every process takes part in orbax's save (a collective), and only
     # process 0 touches the file system around it, between barriers.
@@ -119,6 +129,31 @@ def save(
         _write_metadata_and_swap(directory, saving, previous, arch, model_kwargs, metadata)
     _barrier(f"salt_jax.io.save:done:{directory}")
     return directory
+
+
+def check_target(directory: str | pathlib.Path) -> None:
+    """Raises OverwriteError unless `save(directory, ...)` would only replace our own files.
+
+    Allowed: nothing there, an empty directory, or a directory holding nothing but
+    `metadata.json` and `state/` (a checkpoint of ours, complete or not); the same for the
+    `.saving` / `.previous` siblings that `save` clears.
+    """
+    directory = pathlib.Path(directory).absolute()
+    for path in (directory, *_siblings(directory)):
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if path.is_symlink() or not path.is_dir():
+            raise OverwriteError(f"{path} exists and is not a directory; refusing to replace it "
+                                 f"(choose another output path)")
+        names = {p.name for p in path.iterdir()}
+        if not names <= {METADATA, STATE}:
+            raise OverwriteError(
+                f"{path} is a non-empty directory that is not a salt_jax model ({_few(sorted(names))}); "
+                f"refusing to replace it (choose another output path, or empty it yourself)")
+
+
+def _few(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
 def _barrier(name: str) -> None:
