@@ -10,6 +10,7 @@ import sys
 
 from salt_jax.cache import enable_compilation_cache
 from salt_jax.training import IncompatibleRunError, NonFiniteLossError, parse_args, run
+from salt_jax.training.checkpoint import NoIntactCheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()
     try:
         result = run(cfg)
+    except NoIntactCheckpointError as err:
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
     except (IncompatibleRunError, NonFiniteLossError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 1

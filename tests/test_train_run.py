@@ -95,6 +95,27 @@ def test_resume_continues_exactly(fresh3, data_dir, tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
 
 
+def test_damaged_latest_checkpoint_resumes_from_the_intact_one(fresh3, data_dir, tmp_path, capsys):
+    """64 bytes overwritten in the latest checkpoint's largest data file (which once loaded, then
+    turned the loss NaN): reported in one line, the run redoes the last epoch from the previous
+    checkpoint and ends exactly where an undamaged run ends."""
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(fresh3.workdir, workdir)
+    data = max((workdir / "checkpoints" / "3" / "state").glob("ocdbt.process_*/d/*"), key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)
+    data.write_bytes(bytes(raw))
+    capsys.readouterr()
+    resumed = run(tiny(data_dir, workdir, epochs=3))
+    out = capsys.readouterr().out
+    assert f"damaged checkpoint {workdir / 'checkpoints' / '3'}: " in out
+    assert f"resumed {workdir} at epoch 2" in out
+    for a, b in zip(params_of(resumed), params_of(fresh3)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_refuses_a_workdir_of_another_experiment(fresh3, data_dir):
     with pytest.raises(IncompatibleRunError, match="fold"):
         run(tiny(data_dir, fresh3.workdir, fold=1))
@@ -105,6 +126,7 @@ def test_non_finite_loss_stops_and_saves_nothing(data_dir, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"global step \d+") as err:
         run(tiny(data_dir, tmp_path / "w", epochs=1, lr=1e30))
     assert "global step 0" not in str(err.value)  # the first loss is computed before any update
+    assert "good" not in str(err.value)  # nothing vouches for checkpoints it did not verify
     assert Checkpoints(tmp_path / "w" / "checkpoints").latest_step() is None
 
 

@@ -1,10 +1,13 @@
 """Saving and loading models: `metadata.json` + an orbax checkpoint of the model state.
 
 A saved model directory holds
-    metadata.json   {"arch", "model_kwargs", "format", ...}; written last, so it marks completion
+    metadata.json   {"arch", "model_kwargs", "format", "checksums", ...}; written last, so it marks
+                    completion. "checksums": a digest of every array (salt_jax.checksums)
     state/          orbax StandardCheckpointer checkpoint of nnx.state(model) as a pure dict
 `load` rebuilds the module from `arch` (see `BUILDERS`) with `nnx.eval_shape`, so nothing is
-allocated twice, restores the state and returns the module in eval mode.
+allocated twice, restores the state, checks every array against its checksum and returns the
+module in eval mode. A damaged checkpoint (unreadable files, or arrays that differ from their
+checksums) is a one-line CheckpointError naming it; nothing damaged is returned.
 
 Saving is atomic: the new checkpoint is written into the sibling `.<name>.saving`, the old
 directory (if any) is renamed to `.<name>.previous`, the new one renamed into place and the
@@ -32,11 +35,12 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from flax import nnx
 
+from salt_jax import checksums
 from salt_jax.models.initialize import init_module
 
 METADATA = "metadata.json"
 STATE = "state"
-FORMAT = "salt_jax.models.io/1"
+FORMAT = "salt_jax.models.io/2"  # /2: with array checksums
 
 
 class CheckpointError(FileNotFoundError):
@@ -117,13 +121,15 @@ def save(
     # Multi-process runs: every process takes part in orbax's save (a collective), and only
     # process 0 touches the file system around it, between barriers.
     primary = jax.process_index() == 0
+    state = nnx.to_pure_dict(nnx.state(model))
+    metadata = {**(metadata or {}), "checksums": checksums.tree_checksums(state)}
     if primary:
         shutil.rmtree(saving, ignore_errors=True)  # a crashed earlier save
         saving.mkdir(parents=True)
     _barrier(f"salt_jax.io.save:start:{directory}")
 
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(saving / STATE, nnx.to_pure_dict(nnx.state(model)))
+        checkpointer.save(saving / STATE, state)
         checkpointer.wait_until_finished()
     if primary:
         _write_metadata_and_swap(directory, saving, previous, arch, model_kwargs, metadata)
@@ -180,8 +186,18 @@ def _write_metadata_and_swap(directory, saving, previous, arch, model_kwargs, me
 
 
 def read_metadata(directory: str | pathlib.Path) -> dict[str, Any]:
-    """The metadata.json of the checkpoint `load(directory)` would read."""
-    return json.loads((_resolve(pathlib.Path(directory)) / METADATA).read_text())
+    """The metadata.json of the checkpoint `load(directory)` would read.
+
+    Raises CheckpointError for a missing checkpoint or a metadata.json that is not a JSON object.
+    """
+    path = _resolve(pathlib.Path(directory)) / METADATA
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"{path}: damaged checkpoint metadata ({checksums.read_error(err)})") from None
+    if not isinstance(meta, dict) or "arch" not in meta:
+        raise CheckpointError(f"{path}: damaged checkpoint metadata (not a JSON object with an 'arch')")
+    return meta
 
 
 def load(
@@ -198,18 +214,29 @@ def load(
       grouped_impl: "native" | "dense" override for the grouped convolutions.
 
     Raises:
-      CheckpointError: no checkpoint at `directory` (the message says what was expected).
+      CheckpointError: no checkpoint at `directory` (the message says what was expected), or a
+        damaged one (unreadable, or arrays that differ from their checksums).
     """
     path = _resolve(pathlib.Path(directory))
-    meta = json.loads((path / METADATA).read_text())
+    meta = read_metadata(path)
+    if "checksums" not in meta:
+        raise CheckpointError(f"{path}: written without array checksums (format {meta.get('format')!r}, before "
+                              f"{FORMAT}), so it cannot be verified; save or convert it again")
     overrides = {k: v for k, v in (("dtype", dtype), ("grouped_impl", grouped_impl)) if v is not None}
     model = build(meta["arch"], meta.get("model_kwargs"), abstract=True, **overrides)
     graphdef, abstract_state = nnx.split(model)
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_local_sharding()), nnx.to_pure_dict(abstract_state)
     )
-    with ocp.StandardCheckpointer() as checkpointer:
-        restored = checkpointer.restore(path / STATE, target)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(path / STATE, target)
+    except Exception as err:  # orbax/tensorstore raise bare Exceptions for damaged files
+        raise CheckpointError(f"{path}: damaged checkpoint, its arrays cannot be read "
+                              f"({checksums.read_error(err)})") from None
+    bad = checksums.mismatches(restored, meta["checksums"])
+    if bad:
+        raise CheckpointError(f"{path}: damaged checkpoint, {checksums.describe(bad)}")
     nnx.replace_by_pure_dict(abstract_state, restored)
     model = nnx.merge(graphdef, abstract_state)
     model.eval()

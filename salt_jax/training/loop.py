@@ -44,7 +44,7 @@ class IncompatibleRunError(RuntimeError):
 
 
 class NonFiniteLossError(RuntimeError):
-    """A training loss was NaN or infinite; the last good checkpoint is kept."""
+    """A training loss was NaN or infinite; nothing of that epoch is saved."""
 
 
 @dataclasses.dataclass
@@ -77,8 +77,9 @@ def run(cfg: TrainConfig) -> RunResult:
     ckpt = Checkpoints(workdir / "checkpoints")
     state = steps.init_state()
     progress = _fresh_progress(cfg)
-    if ckpt.latest_step() is not None:
-        state, progress = ckpt.restore(ckpt.latest_step(), state)
+    restored = ckpt.restore_latest(state, report=log.info)
+    if restored is not None:
+        state, progress = restored
         log.info(f"resumed {workdir} at epoch {progress['next_epoch']} (best val_map {progress['best_val_map']:.4f})")
     elif not cfg.pretrained:
         log.warn("no --pretrained checkpoint: the encoder starts from random weights (expect a much lower "
@@ -250,7 +251,7 @@ def _check_finite(values, first_step: int, epoch: int) -> None:
         step = first_step + int(bad[0])
         raise NonFiniteLossError(
             f"non-finite training loss ({values[bad[0]]}) at global step {step} (epoch {epoch}); stopped "
-            f"without saving, the last good checkpoint is kept")
+            f"without saving anything of epoch {epoch} (checkpoints written before it are unchanged)")
 
 
 def _evaluate(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int):
