@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from salt_jax.errors import UserError
 from salt_jax.models.senet import CONFIGS, EXPANSION, SENetConfig
 
 FlaxPath = tuple[str | int, ...]
@@ -422,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out is required")
     try:
         summary = convert_file(args.arch, args.weights, args.out)
-    except (ConversionError, FileExistsError) as err:  # FileExistsError: models.io.OverwriteError
+    except (ConversionError, UserError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(

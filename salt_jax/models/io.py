@@ -36,6 +36,7 @@ from jax.experimental import multihost_utils
 from flax import nnx
 
 from salt_jax import checksums
+from salt_jax.errors import UserError
 from salt_jax.models.initialize import init_module
 
 METADATA = "metadata.json"
@@ -43,11 +44,11 @@ STATE = "state"
 FORMAT = "salt_jax.models.io/2"  # /2: with array checksums
 
 
-class CheckpointError(FileNotFoundError):
+class CheckpointError(UserError, FileNotFoundError):
     """A directory that holds no loadable salt_jax model checkpoint."""
 
 
-class OverwriteError(FileExistsError):
+class OverwriteError(UserError, FileExistsError):
     """Saving would replace a file or directory that is not a salt_jax model checkpoint."""
 
 

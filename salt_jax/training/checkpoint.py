@@ -25,6 +25,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from salt_jax import checksums
+from salt_jax.errors import UserError
 
 KEEP = 2
 DAMAGED = "damaged_checkpoints"
@@ -34,7 +35,7 @@ class DamagedCheckpointError(RuntimeError):
     """A checkpoint whose files cannot be read or whose arrays differ from their checksums."""
 
 
-class NoIntactCheckpointError(RuntimeError):
+class NoIntactCheckpointError(UserError):
     """Every checkpoint of a workdir is damaged: nothing can be resumed."""
 
 
