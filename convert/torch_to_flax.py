@@ -227,7 +227,9 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     ("module." prefix). Loads with weights_only=True: no code in the file is run.
 
     Raises:
-      ConversionError: the file cannot be read or does not hold a state_dict.
+      ConversionError: the file cannot be read, does not hold a state_dict, or holds
+        half-precision tensors (float16/bfloat16: the float32 model would silently carry
+        their rounding) or NaN/infinite values.
     """
     import torch
 
@@ -246,6 +248,13 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
         )
     if all(k.startswith("module.") for k in obj):
         obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    half = sorted(k for k, v in obj.items() if v.dtype in (torch.float16, torch.bfloat16))
+    if half:
+        raise ConversionError(f"{path}: {len(half)} tensor(s) in half precision ({half[0]}: {obj[half[0]].dtype}); "
+                              f"convert the float32 original")
+    bad = sorted(k for k, v in obj.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ConversionError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:3])})")
     return {k: v.detach().cpu().numpy() for k, v in obj.items()}
 
 

@@ -145,3 +145,19 @@ def test_out_over_our_own_model_is_replaced(tiny_torch, tmp_path):
     assert torch_to_flax.main(["--arch", ARCH, "--weights", str(weights), "--out", str(out)]) == 0
     assert torch_to_flax.main(["--arch", ARCH, "--weights", str(weights), "--out", str(out)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "w.pth"]
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda s: s.update({"layer0.conv1.weight": s["layer0.conv1.weight"].half()}), "half precision (layer0.conv1.weight: torch.float16)"),
+    (lambda s: s.update({"layer0.conv1.weight": s["layer0.conv1.weight"].bfloat16()}), "half precision"),
+    (lambda s: s["layer1.0.bn1.running_var"].__setitem__(0, float("nan")), "NaN or infinite values (layer1.0.bn1.running_var)"),
+])
+def test_half_precision_or_non_finite_weights_are_refused(tiny_torch, tmp_path, capsys, damage, needle):
+    state = {k: v.clone() for k, v in tiny_torch.state_dict().items()}
+    damage(state)
+    torch.save(state, tmp_path / "w.pth")
+    out = tmp_path / "out"
+    assert torch_to_flax.main(["--arch", ARCH, "--weights", str(tmp_path / "w.pth"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and str(tmp_path / "w.pth") in err, err
+    assert not out.exists()

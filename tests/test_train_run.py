@@ -346,3 +346,36 @@ def test_resume_with_other_inputs_is_refused_naming_the_difference(data_dir, fre
         assert status == 2, name
         assert err.count("\n") == 1 and "was started with other inputs" in err and needle in err, (name, err)
     assert {p: p.read_bytes() for p in fresh3.workdir.rglob("*") if p.is_file()} == before
+
+
+def test_small_batch_finishes_and_a_rerun_repairs_figures_and_best(data_dir, tmp_path, capsys):
+    """Batch 4 < the 8 images of predictions.png (the figure spans two validation batches). A re-run
+    of the finished run redraws missing figures, completes best/ from an interrupted save (crash
+    between its two renames: only .best.previous left), and rebuilds a deleted best/ from the
+    checkpoint of its epoch."""
+    from salt_jax.models import io
+
+    workdir = tmp_path / "w"
+    first = run(tiny(data_dir, workdir, epochs=2, batch_size=4))
+    assert (workdir / "predictions.png").is_file()
+    best_meta = io.read_metadata(workdir)
+    best_leaves = [np.asarray(x) for x in jax.tree.leaves(nnx.state(io.load(workdir)))]
+
+    (workdir / "predictions.png").unlink()
+    (workdir / "curves.png").unlink()
+    (workdir / "best").rename(workdir / ".best.previous")
+    again = run(tiny(data_dir, workdir, epochs=2, batch_size=4))
+    assert again.records == first.records
+    assert (workdir / "predictions.png").is_file() and (workdir / "curves.png").is_file()
+    assert not (workdir / ".best.previous").exists() and io.read_metadata(workdir) == best_meta
+
+    import shutil
+
+    shutil.rmtree(workdir / "best")
+    capsys.readouterr()
+    run(tiny(data_dir, workdir, epochs=2, batch_size=4))
+    assert f"rebuilt {workdir / 'best'} from the checkpoint of epoch {best_meta['epoch']}" in capsys.readouterr().out
+    rebuilt = io.read_metadata(workdir)
+    assert {k: rebuilt[k] for k in ("epoch", "val_map", "checksums")} == {k: best_meta[k] for k in ("epoch", "val_map", "checksums")}
+    for a, b in zip(jax.tree.leaves(nnx.state(io.load(workdir))), best_leaves, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), b)

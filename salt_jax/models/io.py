@@ -257,13 +257,27 @@ def _is_complete(path: pathlib.Path) -> bool:
     return (path / METADATA).is_file() and (path / STATE).is_dir()
 
 
+def finish_interrupted_save(directory: str | pathlib.Path) -> bool:
+    """Moves the checkpoint of a save that crashed between its renames into place: the complete
+    `.saving` (newer), else `.previous`, when `directory` itself is missing. Returns whether it did."""
+    directory = pathlib.Path(directory).absolute()
+    if directory.exists() or directory.is_symlink():
+        return False
+    for candidate in _siblings(directory):
+        if _is_complete(candidate):
+            candidate.rename(directory)
+            return True
+    return False
+
+
 def _resolve(directory: pathlib.Path) -> pathlib.Path:
     """The complete checkpoint directory standing for `directory` (see the module docstring)."""
     directory = directory.absolute()
     if _is_complete(directory):
         return directory
-    if (directory / "best").is_dir() and not (directory / METADATA).exists():
-        return _resolve(directory / "best")
+    best = directory / "best"
+    if not (directory / METADATA).exists() and (best.is_dir() or any(map(_is_complete, _siblings(best)))):
+        return _resolve(best)
     for candidate in _siblings(directory):  # a save that crashed between its renames
         if not directory.exists() and _is_complete(candidate):
             return candidate

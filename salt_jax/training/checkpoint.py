@@ -58,6 +58,9 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
     def save(self, step: int, state, meta: dict[str, Any]) -> None:
         """Starts writing checkpoint `step` (async after the device->host copy).
 

@@ -219,6 +219,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     parser = build_parser()
     args = parser.parse_args(argv)
     explicit = {a.dest for a in parser._actions if a.option_strings and _given(a, argv)}
+    explicit |= {"progress"} if "no_progress" in explicit else set()  # the flag's field has another name
     fields = dict(
         encoder=args.encoder, fold=args.fold, data_dir=args.data_dir, workdir=args.workdir,
         epochs=args.epochs, switch_epoch=args.switch_epoch, batch_size=args.batch_size, lr=args.lr,

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from salt_jax import checksums
@@ -46,6 +47,7 @@ from salt_jax.mesh import data_mesh
 from salt_jax.training.steps import LossOptions, Steps, make_optimizer, replicate, shard_batch
 
 PROGRESS_EVERY = 10  # steps between (lagged) loss reads for the progress bar
+FIGURE_ROWS = 8  # validation images in predictions.png
 
 
 class IncompatibleRunError(UserError):
@@ -98,6 +100,7 @@ def run(cfg: TrainConfig) -> RunResult:
         log.warn("no --pretrained checkpoint: the encoder starts from random weights (expect a much lower "
                  "val_map than the ImageNet-initialised original)")
     log.rewrite_metrics(progress["history"])
+    _repair_best(workdir, ckpt, state, progress["history"], steps, cfg, log)
     plateau = ReduceOnPlateau(**progress["plateau"])
     log.info(f"{cfg.arch} fold {cfg.fold}: {len(data.train_images)} train / {len(data.val_images)} val images, "
              f"global batch {cfg.batch_size} on {len(jax.devices())} {jax.default_backend()} device(s)")
@@ -122,8 +125,7 @@ def run(cfg: TrainConfig) -> RunResult:
                 plateau.step(val_map)
             if val_map > progress["best_val_map"]:
                 progress["best_val_map"] = val_map
-                model_io.save(workdir / "best", steps.model(state), arch=cfg.arch,
-                              metadata={"epoch": epoch, "val_map": val_map, "fold": cfg.fold, "encoder": cfg.encoder})
+                model_io.save(workdir / "best", steps.model(state), arch=cfg.arch, metadata=_best_metadata(cfg, record))
             record["best_val_map"] = progress["best_val_map"]
             progress.update(next_epoch=epoch + 1, plateau=dataclasses.asdict(plateau),
                             history=progress["history"] + [record])
@@ -136,6 +138,10 @@ def run(cfg: TrainConfig) -> RunResult:
     finally:
         ckpt.close()
         log.close()
+    if (last_probs is None and progress["history"] and jax.process_count() == 1
+            and not (workdir / "predictions.png").is_file()):
+        # A re-run of a finished run (no epoch left) redraws a figure that a crash left unwritten.
+        last_probs = _evaluate(steps, state, arrays, cfg, progress["next_epoch"] - 1)[2]
     _pictures(workdir, progress["history"], data, last_probs, log)
     compiles = {"train_step": steps.train_step._cache_size(), "eval_step": steps.eval_step._cache_size()}
     return RunResult(workdir, progress["history"], progress["best_val_map"], state, compiles)
@@ -284,6 +290,31 @@ def _build_model(cfg: TrainConfig, pretrained: nnx.Module | None) -> nnx.Module:
     return model
 
 
+def _best_metadata(cfg: TrainConfig, record: dict[str, Any]) -> dict[str, Any]:
+    return {"epoch": record["epoch"], "val_map": record["val_map"], "fold": cfg.fold, "encoder": cfg.encoder}
+
+
+def _repair_best(workdir: pathlib.Path, ckpt: Checkpoints, state_like, history: list[dict], steps: Steps,
+                 cfg: TrainConfig, log: "_Logger") -> None:
+    """Completes best/ when a crash (or a person) left it missing: an interrupted save's complete
+    copy is moved into place, else the best epoch's checkpoint is exported again if still kept."""
+    best = workdir / "best"
+    if log.primary and model_io.finish_interrupted_save(best):
+        log.info(f"completed {best} from an interrupted save")
+    if jax.process_count() > 1:  # every process must see the same best/ before deciding to save
+        multihost_utils.sync_global_devices("salt_jax.loop.repair_best")
+    if not history or best.exists():
+        return
+    top = max(history, key=lambda r: r["val_map"])
+    if top["epoch"] + 1 not in ckpt.all_steps():
+        log.info(f"{best} is missing and the checkpoint of its epoch {top['epoch']} is no longer kept; "
+                 f"best/ is written again when val_map improves")
+        return
+    state, _ = ckpt.restore(top["epoch"] + 1, state_like)
+    model_io.save(best, steps.model(state), arch=cfg.arch, metadata=_best_metadata(cfg, top))
+    log.info(f"rebuilt {best} from the checkpoint of epoch {top['epoch']}")
+
+
 def _fresh_progress(cfg: TrainConfig) -> dict[str, Any]:
     """The host-side part of the train state (checkpointed as JSON next to the arrays)."""
     plateau = ReduceOnPlateau(cfg.lr, patience=cfg.plateau_patience, factor=cfg.plateau_factor)
@@ -346,10 +377,13 @@ def _check_finite(values, first_step: int, epoch: int) -> None:
 
 
 def _evaluate(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int):
-    """Eval-mode validation over every image. Returns (val_loss, val_map, probs of the first batch)."""
+    """Eval-mode validation over every image.
+
+    Returns (val_loss, val_map, probs of the first batches holding FIGURE_ROWS images).
+    """
     idx, valid = eval_batches(len(arrays["val_images"]), cfg.batch_size)
     epoch_arg = replicate(np.asarray(epoch, np.int32), steps.replicated)
-    totals, first_probs = [], None
+    totals, first_probs = [], []
     for b in range(len(idx)):
         sums, probs = steps.eval_step(state["params"], state["rest"], arrays["val_images"], arrays["val_masks"],
                                       shard_batch(idx[b], steps.batch_sharded),
@@ -357,7 +391,8 @@ def _evaluate(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int):
         if _must_sync_each_step():
             jax.block_until_ready(sums)
         totals.append(sums)
-        first_probs = probs if first_probs is None else first_probs
+        if len(first_probs) * cfg.batch_size < FIGURE_ROWS:
+            first_probs.append(probs)
     totals = jax.device_get(totals)
     count = sum(float(t["count"]) for t in totals)
     val_loss = sum(float(t["loss_sum"]) for t in totals) / count
@@ -417,7 +452,7 @@ class _Logger:
 
 
 def _pictures(workdir: pathlib.Path, history: list[dict], data: FoldData, probs, log: _Logger) -> None:
-    """curves.png from the history; predictions.png from the last validation batch seen.
+    """curves.png from the history; predictions.png from the first validation images of the last evaluation.
 
     Multi-process runs skip predictions.png: the batch is spread over processes.
     """
@@ -428,7 +463,8 @@ def _pictures(workdir: pathlib.Path, history: list[dict], data: FoldData, probs,
     viz.plot_curves(history, workdir / "curves.png")
     if probs is not None and jax.process_count() == 1:
         crop = slice(13, 114)
-        n = min(8, len(data.val_ids))
+        n = min(FIGURE_ROWS, len(data.val_ids))
+        probs = np.concatenate([np.asarray(jax.device_get(p)) for p in probs])
         viz.prediction_grid(data.val_images[:n, crop, crop], data.val_masks[:n, crop, crop],
-                            np.asarray(jax.device_get(probs))[:n], workdir / "predictions.png",
+                            probs[:n], workdir / "predictions.png",
                             ids=data.val_ids[:n], n=n)
