@@ -81,7 +81,7 @@ class Checkpoints:
             restored = self.manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_like(state_like)), meta=ocp.args.JsonRestore()))
         except Exception as err:  # orbax/tensorstore raise bare Exceptions for damaged files
-            raise DamagedCheckpointError(f"{where}: {checksums.read_error(err)}") from None
+            raise DamagedCheckpointError(f"{where}: its files cannot be read ({checksums.read_error(err)})") from None
         meta = dict(restored["meta"])
         recorded = meta.pop("checksums", None)
         if not isinstance(recorded, dict):
