@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 
 from salt_jax.cache import enable_compilation_cache
-from salt_jax.training import IncompatibleRunError, NonFiniteLossError, parse_args, run
+from salt_jax.errors import UserError
+from salt_jax.training import NonFiniteLossError, parse_args, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,7 +18,10 @@ def main(argv: list[str] | None = None) -> int:
     enable_compilation_cache()
     try:
         result = run(cfg)
-    except (IncompatibleRunError, NonFiniteLossError) as err:
+    except UserError as err:  # data, flag values, file system, workdir, weights: found before any write
+        print(f"train.py: error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 1
     last = result.records[-1] if result.records else None

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from salt_jax.errors import UserError
 from salt_jax.models.senet import CONFIGS, EXPANSION, SENetConfig
 
 FlaxPath = tuple[str | int, ...]
@@ -226,7 +227,9 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     ("module." prefix). Loads with weights_only=True: no code in the file is run.
 
     Raises:
-      ConversionError: the file cannot be read or does not hold a state_dict.
+      ConversionError: the file cannot be read, does not hold a state_dict, or holds
+        half-precision tensors (float16/bfloat16: the float32 model would silently carry
+        their rounding) or NaN/infinite values.
     """
     import torch
 
@@ -245,6 +248,13 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
         )
     if all(k.startswith("module.") for k in obj):
         obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    half = sorted(k for k, v in obj.items() if v.dtype in (torch.float16, torch.bfloat16))
+    if half:
+        raise ConversionError(f"{path}: {len(half)} tensor(s) in half precision ({half[0]}: {obj[half[0]].dtype}); "
+                              f"convert the float32 original")
+    bad = sorted(k for k, v in obj.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ConversionError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values ({', '.join(bad[:3])})")
     return {k: v.detach().cpu().numpy() for k, v in obj.items()}
 
 
@@ -385,6 +395,7 @@ def convert_file(arch: str, weights: pathlib.Path | None, out: pathlib.Path) -> 
     from salt_jax.models import io
 
     converter = CONVERTERS[arch]
+    io.check_target(out)  # refuse to replace a user's files before any download or conversion
     if weights is None:
         if converter.url is None:
             raise ConversionError(f"{arch} has no official weights; pass --weights FILE.pth")
@@ -421,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out is required")
     try:
         summary = convert_file(args.arch, args.weights, args.out)
-    except ConversionError as err:
+    except (ConversionError, UserError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(

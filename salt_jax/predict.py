@@ -52,7 +52,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from salt_jax.cache import enable_compilation_cache
-from salt_jax.data.rle import DataError, rle_encode
+from salt_jax.data.rle import rle_encode
+from salt_jax.errors import UserError
 from salt_jax.fileio import atomic_write
 from salt_jax.metrics import kaggle_score_np
 from salt_jax.mesh import data_mesh
@@ -65,7 +66,7 @@ TTA_MODES = ("flip", "none")
 FIGURE_SAMPLES = 8
 
 
-class PredictError(ValueError):
+class PredictError(UserError, ValueError):
     """Invalid command-line input; the message names the run, file or value."""
 
 
@@ -362,6 +363,9 @@ def run(args: argparse.Namespace) -> None:
         raise PredictError(f"--threshold={args.threshold}: expected a probability in (0, 1)")
     if args.batch_size < 1:
         raise PredictError(f"--batch_size={args.batch_size}: expected >= 1")
+    for flag, path in (("--out", args.out), ("--figure", args.figure)):
+        if path is not None:
+            _check_writable(flag, Path(path))
     groups = expand_groups(args.runs)
     members = make_members(groups, parse_weights(args.run_weights, len(groups)))
     data_dir = args.data_dir or _default_data_dir()
@@ -396,6 +400,18 @@ def run(args: argparse.Namespace) -> None:
         print(f"wrote {args.figure}")
 
 
+def _check_writable(flag: str, path: Path) -> None:
+    """Refuses, before any inference, an output that cannot be written (atomic_write creates
+    missing folders, so the nearest existing one must be a writable directory)."""
+    if path.is_dir():
+        raise PredictError(f"{flag}={path} is a directory")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PredictError(f"{flag}={path} is not writable")
+    folder = next(p for p in path.absolute().parents if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise PredictError(f"{flag}={path} cannot be written: {folder} is not a writable directory")
+
+
 def _default_data_dir() -> str:
     """The built-in synthetic dataset, generated on first use."""
     from salt_jax.data.synthetic import ensure_default_data
@@ -409,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     enable_compilation_cache()
     try:
         run(args)
-    except (PredictError, DataError, io.CheckpointError) as e:
+    except UserError as e:  # PredictError, DataError, io.CheckpointError
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -123,3 +123,42 @@ def test_name_map_covers_every_reference_tensor():
     abstract = models.io.build("se_resnext50_32x4d", abstract=True)
     flax_leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(abstract)))[0]
     assert len({e.flax_path for e in entries}) == len(flax_leaves) == len(entries)
+
+
+@pytest.mark.parametrize("out_is", ["weights_dir", "weights_file"])
+def test_out_over_a_users_files_is_refused_and_nothing_is_lost(tiny_torch, tmp_path, capsys, out_is):
+    """`--out DIR` where DIR holds the input weights (or `--out` = the weights file itself)."""
+    weights = tmp_path / "w.pth"
+    torch.save(tiny_torch.state_dict(), weights)
+    before = weights.read_bytes()
+    out = tmp_path if out_is == "weights_dir" else weights
+    status = torch_to_flax.main(["--arch", ARCH, "--weights", str(weights), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and str(out) in err and "refusing to replace" in err
+    assert weights.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.pth"]
+
+
+def test_out_over_our_own_model_is_replaced(tiny_torch, tmp_path):
+    weights, out = tmp_path / "w.pth", tmp_path / "converted"
+    torch.save(tiny_torch.state_dict(), weights)
+    assert torch_to_flax.main(["--arch", ARCH, "--weights", str(weights), "--out", str(out)]) == 0
+    assert torch_to_flax.main(["--arch", ARCH, "--weights", str(weights), "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "w.pth"]
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda s: s.update({"layer0.conv1.weight": s["layer0.conv1.weight"].half()}), "half precision (layer0.conv1.weight: torch.float16)"),
+    (lambda s: s.update({"layer0.conv1.weight": s["layer0.conv1.weight"].bfloat16()}), "half precision"),
+    (lambda s: s["layer1.0.bn1.running_var"].__setitem__(0, float("nan")), "NaN or infinite values (layer1.0.bn1.running_var)"),
+])
+def test_half_precision_or_non_finite_weights_are_refused(tiny_torch, tmp_path, capsys, damage, needle):
+    state = {k: v.clone() for k, v in tiny_torch.state_dict().items()}
+    damage(state)
+    torch.save(state, tmp_path / "w.pth")
+    out = tmp_path / "out"
+    assert torch_to_flax.main(["--arch", ARCH, "--weights", str(tmp_path / "w.pth"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and str(tmp_path / "w.pth") in err, err
+    assert not out.exists()

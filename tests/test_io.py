@@ -95,3 +95,34 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path, make):
 def test_unknown_arch_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown arch 'resnet9'"):
         io.save(tmp_path / "m", random_model(0), arch="resnet9")
+
+
+@pytest.mark.parametrize("existing", ["user_dir", "user_file", "user_sibling"])
+def test_save_never_replaces_what_it_did_not_write(tmp_path, existing):
+    """A non-empty directory or a file that is not one of our checkpoints is refused, untouched."""
+    target = tmp_path / "m"
+    if existing == "user_dir":
+        target.mkdir()
+        (target / "w.pth").write_bytes(b"the user's weights")
+        victim = target / "w.pth"
+    elif existing == "user_file":
+        target.write_bytes(b"the user's file")
+        victim = target
+    else:  # a user's directory that happens to carry the name save uses for its old copy
+        io.save(target, random_model(0), arch=ARCH, model_kwargs=KWARGS)
+        victim = tmp_path / ".m.previous" / "notes.txt"
+        victim.parent.mkdir()
+        victim.write_bytes(b"notes")
+    before = victim.read_bytes()
+    with pytest.raises(io.OverwriteError, match=r"refusing to replace it") as err:
+        io.save(target, random_model(1), arch=ARCH, model_kwargs=KWARGS)
+    assert "\n" not in str(err.value)
+    assert victim.read_bytes() == before
+    assert not (tmp_path / ".m.saving").exists()
+
+
+def test_save_replaces_an_empty_directory(tmp_path):
+    (tmp_path / "m").mkdir()
+    model = random_model(3)
+    io.save(tmp_path / "m", model, arch=ARCH, model_kwargs=KWARGS)
+    assert same_state(io.load(tmp_path / "m"), model)

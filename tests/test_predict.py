@@ -360,3 +360,17 @@ def test_data_parallel_over_three_devices_matches_hand_computation():
     proc = subprocess.run([sys.executable, "-c", MULTI_DEVICE_SCRIPT], capture_output=True, text=True,
                           timeout=300, env=env, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("where", ["directory", "under_a_file"])
+def test_unwritable_out_fails_before_inference(world, tmp_path, capsys, monkeypatch, where):
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path if where == "directory" else tmp_path / "a_file" / "sub.csv"
+
+    def no_inference(*args, **kwargs):
+        raise AssertionError("inference ran before --out was checked")
+
+    monkeypatch.setattr(predict, "ensemble_probs", no_inference)
+    assert _cli(world, f"--runs={world['runs']['high']}", f"--out={out}") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out=") and str(out) in err and err.count("\n") == 1, err

@@ -11,7 +11,10 @@ from salt_jax.training.plateau import ReduceOnPlateau, cosine_cycle_lr
 def test_encoder_aliases_and_default_workdir():
     cfg = parse_args(["--encoder=101", "--fold=2"])
     assert cfg.encoder == "se_resnext101_32x4d" and cfg.fold == 2
-    assert cfg.workdir == "runs/se_resnext101_32x4d-fold2"
+    # Without --data_dir the run trains on the synthetic set: its default workdir says so, so that
+    # forgetting --data_dir once never resumes a real-data run with synthetic data.
+    assert cfg.workdir == "runs/synthetic-se_resnext101_32x4d-fold2"
+    assert parse_args(["--encoder=101", "--fold=2", "--data_dir=/d"]).workdir == "runs/se_resnext101_32x4d-fold2"
     assert cfg.epochs == 120 and cfg.switch_epoch == 20 and cfg.batch_size == 32 and cfg.lr == 1e-4
     assert parse_args(["--encoder", "se_resnext50_32x4d"]).arch == "unet_se_resnext50_32x4d"
 
@@ -25,6 +28,7 @@ def test_recipe_defaults():
 def test_demo_keeps_explicit_flags():
     cfg = parse_args(["--demo", "--epochs=2"])
     assert cfg.demo and cfg.encoder == "tiny" and cfg.epochs == 2 and cfg.switch_epoch == 1
+    assert cfg.progress and not parse_args(["--demo", "--no_progress"]).progress
     switched_off = parse_args(["--demo", "--no_augment", "--no_progress"])
     assert not switched_off.augment and not switched_off.progress
 
@@ -42,12 +46,14 @@ def test_augmentation_is_on_unless_switched_off():
     (["--recipe=adamw"], "invalid choice"),
     (["--dtype=float16"], "invalid choice"),
     (["--batch_size=0"], "out of range"),
+    (["--seed=-1"], "--seed: -1 out of range"),
 ])
 def test_bad_flags_exit_with_a_message(argv, needle, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parse_args(argv)
     assert exit_info.value.code == 2
-    assert needle in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert needle in err and err.startswith("train.py: error: ") and err.count("\n") == 1, err
 
 
 def test_config_validate_names_the_field():

@@ -95,6 +95,27 @@ def test_resume_continues_exactly(fresh3, data_dir, tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
 
 
+def test_damaged_latest_checkpoint_resumes_from_the_intact_one(fresh3, data_dir, tmp_path, capsys):
+    """64 bytes overwritten in the latest checkpoint's largest data file (which once loaded, then
+    turned the loss NaN): reported in one line, the run redoes the last epoch from the previous
+    checkpoint and ends exactly where an undamaged run ends."""
+    import shutil
+
+    workdir = tmp_path / "w"
+    shutil.copytree(fresh3.workdir, workdir)
+    data = max((workdir / "checkpoints" / "3" / "state").glob("ocdbt.process_*/d/*"), key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)
+    data.write_bytes(bytes(raw))
+    capsys.readouterr()
+    resumed = run(tiny(data_dir, workdir, epochs=3))
+    out = capsys.readouterr().out
+    assert f"damaged checkpoint {workdir / 'checkpoints' / '3'}: " in out
+    assert f"resumed {workdir} at epoch 2" in out
+    for a, b in zip(params_of(resumed), params_of(fresh3)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_refuses_a_workdir_of_another_experiment(fresh3, data_dir):
     with pytest.raises(IncompatibleRunError, match="fold"):
         run(tiny(data_dir, fresh3.workdir, fold=1))
@@ -105,6 +126,7 @@ def test_non_finite_loss_stops_and_saves_nothing(data_dir, tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"global step \d+") as err:
         run(tiny(data_dir, tmp_path / "w", epochs=1, lr=1e30))
     assert "global step 0" not in str(err.value)  # the first loss is computed before any update
+    assert "good" not in str(err.value)  # nothing vouches for checkpoints it did not verify
     assert Checkpoints(tmp_path / "w" / "checkpoints").latest_step() is None
 
 
@@ -184,12 +206,14 @@ def test_pretrained_encoder_initialises_the_unet(tmp_path):
     """`--pretrained DIR` (a converted ImageNet SENet) fills the UNet's encoder as the original:
     stages copied whole, stem kernel and BN affine copied, stem BN statistics fresh."""
     from salt_jax.models import io
-    from salt_jax.training.loop import _build_model
+    from salt_jax.errors import UserError
+    from salt_jax.training.loop import _build_model, _load_pretrained
 
     senet = io.build("se_resnext_tiny", seed=7)
     senet.layer0.bn1.mean[...] = senet.layer0.bn1.mean[...] + 0.5  # must NOT reach the UNet
     io.save(tmp_path / "imagenet", senet, arch="se_resnext_tiny")
-    unet = _build_model(tiny(tmp_path, tmp_path / "w", pretrained=str(tmp_path / "imagenet")))
+    cfg = tiny(tmp_path, tmp_path / "w", pretrained=str(tmp_path / "imagenet"))
+    unet = _build_model(cfg, _load_pretrained(cfg))
 
     flat = lambda m: {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(m))}  # noqa: E731
     src, dst = flat(senet.layer3), flat(unet.encoder.layer3)
@@ -203,5 +227,155 @@ def test_pretrained_encoder_initialises_the_unet(tmp_path):
     other = tmp_path / "other"  # another encoder's checkpoint: refused from its metadata alone
     (other / "state").mkdir(parents=True)  # no weights at all: they must never be read
     (other / "metadata.json").write_text('{"arch": "se_resnext50_32x4d"}')
-    with pytest.raises(ValueError, match="holds 'se_resnext50_32x4d', but --encoder is 'tiny'"):
-        _build_model(tiny(tmp_path, tmp_path / "w2", pretrained=str(other)))
+    with pytest.raises(UserError, match="holds 'se_resnext50_32x4d', but --encoder is 'tiny'"):
+        _load_pretrained(tiny(tmp_path, tmp_path / "w2", pretrained=str(other)))
+
+
+# ---------------------------------------------------------------------------- bad input to train.py
+
+
+def _saved_tiny_senet(path: pathlib.Path) -> pathlib.Path:
+    from salt_jax.models import io
+
+    return io.save(path, io.build("se_resnext_tiny", seed=1), arch="se_resnext_tiny")
+
+
+def _truncate_largest_data_file(model_dir: pathlib.Path) -> pathlib.Path:
+    data = max((model_dir / "state").glob("ocdbt.process_*/d/*"), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[:40])
+    return model_dir
+
+
+def _copy_data(data_dir, target: pathlib.Path, change) -> pathlib.Path:
+    import shutil
+
+    shutil.copytree(data_dir, target)
+    change(target)
+    return target
+
+
+def _swap_two_images(root: pathlib.Path) -> None:
+    a, b = sorted((root / "train" / "images").glob("*.png"))[:2]
+    first = a.read_bytes()
+    a.write_bytes(b.read_bytes())
+    b.write_bytes(first)
+
+
+BAD_TRAIN_INPUT = {  # name: (extra flags from (data_dir, tmp_path), what the one line must name)
+    "data_dir_missing": (lambda d, t: [f"--data_dir={t / 'nowhere'}"], "data folder"),
+    "train_csv_header_only": (lambda d, t: [f"--data_dir={_copy_data(d, t / 'd', lambda r: (r / 'train.csv').write_text('id,rle_mask' + chr(10)))}"],
+                              "train.csv lists no ids"),
+    "folds_csv_missing": (lambda d, t: [f"--folds_csv={t / 'folds.csv'}"], "missing folds CSV"),
+    "batch_larger_than_fold": (lambda d, t: ["--batch_size=64"], "--batch_size 64 is larger than the 32"),
+    "workdir_is_a_file": (lambda d, t: [f"--workdir={t / 'f'}"], "exists and is not a directory"),
+    "workdir_under_a_file": (lambda d, t: [f"--workdir={t / 'f' / 'w'}"], "is not a writable directory"),
+    "workdir_holds_user_files": (lambda d, t: [f"--workdir={t / 'mine'}"], "holds no training run"),
+    "pretrained_missing": (lambda d, t: [f"--pretrained={t / 'nowhere'}"], "no salt_jax model checkpoint"),
+    "pretrained_bad_metadata": (lambda d, t: [f"--pretrained={_bad_metadata(t / 'p')}"], "damaged checkpoint metadata"),
+    "pretrained_other_encoder": (lambda d, t: [f"--pretrained={_other_arch(t / 'p')}"], "holds 'se_resnext50_32x4d'"),
+    "pretrained_damaged": (lambda d, t: [f"--pretrained={_truncate_largest_data_file(_saved_tiny_senet(t / 'p'))}"],
+                           "damaged checkpoint, its arrays cannot be read"),
+}
+
+
+def _bad_metadata(path: pathlib.Path) -> pathlib.Path:
+    (path / "state").mkdir(parents=True)
+    (path / "metadata.json").write_text('{"arch": ')
+    return path
+
+
+def _other_arch(path: pathlib.Path) -> pathlib.Path:
+    (path / "state").mkdir(parents=True)  # no weights at all: they must never be read
+    (path / "metadata.json").write_text('{"arch": "se_resnext50_32x4d"}')
+    return path
+
+
+def _train_main(argv, capsys) -> tuple[int, str]:
+    import train
+
+    capsys.readouterr()
+    status = train.main(argv)
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TRAIN_INPUT))
+def test_bad_input_is_one_line_exit_2_before_any_write_or_compile(data_dir, tmp_path, capsys, monkeypatch, case):
+    from salt_jax.training import loop
+
+    (tmp_path / "f").write_text("a user's file")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's notes")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("the model was built before the input was validated")
+
+    monkeypatch.setattr(loop, "Steps", no_compile)
+    extra, needle = BAD_TRAIN_INPUT[case]
+    workdir = tmp_path / "w"
+    status, err = _train_main(["--encoder=tiny", f"--data_dir={data_dir}", f"--workdir={workdir}", "--epochs=1",
+                               "--batch_size=8", "--dtype=float32", "--no_progress", *extra(data_dir, tmp_path)], capsys)
+    assert status == 2
+    assert err.startswith("train.py: error: ") and err.count("\n") == 1 and needle in err, err
+    assert not workdir.exists()
+    assert all(p.read_bytes() == data for p, data in before.items())
+
+
+def _resume_refusals(data_dir, fresh3, tmp_path):
+    """(extra flags, what the refusal must name) for re-runs of fresh3 with other inputs."""
+    folds = (fresh3.workdir / "folds.csv").read_text().splitlines()
+    rows = [line.split(",") for line in folds[1:]]
+    j = next(j for j, r in enumerate(rows) if r[1] != rows[0][1])  # two ids of different folds: swap them
+    rows[0][1], rows[j][1] = rows[j][1], rows[0][1]
+    (tmp_path / "my_folds.csv").write_text("\n".join([folds[0], *(",".join(r) for r in rows)]) + "\n")
+    return {
+        "other_data": ([f"--data_dir={_copy_data(data_dir, tmp_path / 'd2', _swap_two_images)}"], "data: "),
+        "other_folds": ([f"--folds_csv={tmp_path / 'my_folds.csv'}"], "folds: stratified split"),
+        "added_pretrained": ([f"--pretrained={_saved_tiny_senet(tmp_path / 'p')}"], "pretrained: none then"),
+    }
+
+
+def test_resume_with_other_inputs_is_refused_naming_the_difference(data_dir, fresh3, tmp_path, capsys):
+    """Another --data_dir (same names, other bytes), other folds or another --pretrained:
+    refused before anything in the workdir changes."""
+    before = {p: p.read_bytes() for p in fresh3.workdir.rglob("*") if p.is_file()}
+    for name, (extra, needle) in _resume_refusals(data_dir, fresh3, tmp_path).items():
+        argv = ["--encoder=tiny", f"--data_dir={data_dir}", f"--workdir={fresh3.workdir}", "--epochs=3",
+                "--switch_epoch=1", "--batch_size=8", "--lr=1e-3", "--dtype=float32", "--no_progress", *extra]
+        status, err = _train_main(argv, capsys)
+        assert status == 2, name
+        assert err.count("\n") == 1 and "was started with other inputs" in err and needle in err, (name, err)
+    assert {p: p.read_bytes() for p in fresh3.workdir.rglob("*") if p.is_file()} == before
+
+
+def test_small_batch_finishes_and_a_rerun_repairs_figures_and_best(data_dir, tmp_path, capsys):
+    """Batch 4 < the 8 images of predictions.png (the figure spans two validation batches). A re-run
+    of the finished run redraws missing figures, completes best/ from an interrupted save (crash
+    between its two renames: only .best.previous left), and rebuilds a deleted best/ from the
+    checkpoint of its epoch."""
+    from salt_jax.models import io
+
+    workdir = tmp_path / "w"
+    first = run(tiny(data_dir, workdir, epochs=2, batch_size=4))
+    assert (workdir / "predictions.png").is_file()
+    best_meta = io.read_metadata(workdir)
+    best_leaves = [np.asarray(x) for x in jax.tree.leaves(nnx.state(io.load(workdir)))]
+
+    (workdir / "predictions.png").unlink()
+    (workdir / "curves.png").unlink()
+    (workdir / "best").rename(workdir / ".best.previous")
+    again = run(tiny(data_dir, workdir, epochs=2, batch_size=4))
+    assert again.records == first.records
+    assert (workdir / "predictions.png").is_file() and (workdir / "curves.png").is_file()
+    assert not (workdir / ".best.previous").exists() and io.read_metadata(workdir) == best_meta
+
+    import shutil
+
+    shutil.rmtree(workdir / "best")
+    capsys.readouterr()
+    run(tiny(data_dir, workdir, epochs=2, batch_size=4))
+    assert f"rebuilt {workdir / 'best'} from the checkpoint of epoch {best_meta['epoch']}" in capsys.readouterr().out
+    rebuilt = io.read_metadata(workdir)
+    assert {k: rebuilt[k] for k in ("epoch", "val_map", "checksums")} == {k: best_meta[k] for k in ("epoch", "val_map", "checksums")}
+    for a, b in zip(jax.tree.leaves(nnx.state(io.load(workdir))), best_leaves, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), b)

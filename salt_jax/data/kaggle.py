@@ -65,12 +65,15 @@ class TrainSet:
 
     ids: N ids. images: uint8 (N, 101, 101), 0..255. masks: uint8 (N, 101, 101), 0/1.
     depths: float32 (N,), NaN where depths.csv has no value.
+    content_key: the BLAKE2b hash of the CSVs and of every (id, image, mask) PNG that keys the
+        cache; it identifies the data a training run saw (recorded in its workdir).
     """
 
     ids: tuple[str, ...]
     images: np.ndarray
     masks: np.ndarray
     depths: np.ndarray
+    content_key: str
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -103,6 +106,8 @@ def load_train(data_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | No
     csv_path = root / "train.csv"
     rows = _read_csv(csv_path, ("id", "rle_mask"))
     ids = _unique_ids(rows, csv_path)
+    if not ids:
+        raise DataError(f"{csv_path} lists no ids (a header without rows)")
     depths_path = root / "depths.csv"
     depths_bytes = depths_path.read_bytes() if depths_path.is_file() else b""
     images = _read_pngs(root, "train", "images")
@@ -116,7 +121,7 @@ def load_train(data_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | No
     cached = _load_cache(cache, len(ids))
     if cached is not None:
         return TrainSet(ids=ids, images=_frozen(cached["images"]), masks=_frozen(cached["masks"]),
-                        depths=_frozen(cached["depths"]))
+                        depths=_frozen(cached["depths"]), content_key=key)
 
     image_arr = np.stack([_decode_image(*images[i]) for i in ids])
     mask_arr = _decode_masks([masks[i] for i in ids])
@@ -126,7 +131,7 @@ def load_train(data_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | No
     arrays = {"ids": np.array(ids), "images": image_arr, "masks": mask_arr, "depths": depth_arr}
     _write_cache(cache, arrays)
     return TrainSet(ids=ids, images=_frozen(image_arr), masks=_frozen(mask_arr),
-                    depths=_frozen(depth_arr))
+                    depths=_frozen(depth_arr), content_key=key)
 
 
 def load_test(data_dir: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,

@@ -14,13 +14,15 @@ import re
 
 import numpy as np
 
+from salt_jax.errors import UserError
+
 __all__ = ["DataError", "rle_encode", "rle_decode"]
 
 # ASCII digits and whitespace only (str.isdigit would also accept e.g. superscripts).
 _DIGITS = re.compile(r"[0-9\s]+", re.ASCII)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Invalid input data; the message names the offending file, id or value."""
 
 

@@ -1,15 +1,23 @@
 """Saving and loading models: `metadata.json` + an orbax checkpoint of the model state.
 
 A saved model directory holds
-    metadata.json   {"arch", "model_kwargs", "format", ...}; written last, so it marks completion
+    metadata.json   {"arch", "model_kwargs", "format", "checksums", ...}; written last, so it marks
+                    completion. "checksums": a digest of every array (salt_jax.checksums)
     state/          orbax StandardCheckpointer checkpoint of nnx.state(model) as a pure dict
 `load` rebuilds the module from `arch` (see `BUILDERS`) with `nnx.eval_shape`, so nothing is
-allocated twice, restores the state and returns the module in eval mode.
+allocated twice, restores the state, checks every array against its checksum and returns the
+module in eval mode. A damaged checkpoint (unreadable files, or arrays that differ from their
+checksums) is a one-line CheckpointError naming it; nothing damaged is returned.
 
 Saving is atomic: the new checkpoint is written into the sibling `.<name>.saving`, the old
 directory (if any) is renamed to `.<name>.previous`, the new one renamed into place and the
 old one removed. A crash at any point leaves a complete checkpoint that `load` finds: the
 directory itself, or else the complete `.saving` (newer), or else `.previous`.
+
+`save` only ever replaces, moves or removes what it wrote itself: a target (or sibling) that
+exists and is not laid out as one of our checkpoints (only `metadata.json` and `state/`) is
+refused with `OverwriteError` before anything is written; `check_target` runs the same check
+for callers that want to refuse early (the converter, before reading its input).
 """
 
 from __future__ import annotations
@@ -27,15 +35,21 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from flax import nnx
 
+from salt_jax import checksums
+from salt_jax.errors import UserError
 from salt_jax.models.initialize import init_module
 
 METADATA = "metadata.json"
 STATE = "state"
-FORMAT = "salt_jax.models.io/1"
+FORMAT = "salt_jax.models.io/2"  # /2: with array checksums
 
 
-class CheckpointError(FileNotFoundError):
+class CheckpointError(UserError, FileNotFoundError):
     """A directory that holds no loadable salt_jax model checkpoint."""
+
+
+class OverwriteError(UserError, FileExistsError):
+    """Saving would replace a file or directory that is not a salt_jax model checkpoint."""
 
 
 def _senet(name: str) -> Callable[..., nnx.Module]:
@@ -103,22 +117,50 @@ def save(
     if arch not in BUILDERS:
         raise ValueError(f"unknown arch {arch!r}; known: {sorted(BUILDERS)}")
     directory = pathlib.Path(directory).absolute()
+    check_target(directory)
     saving, previous = _siblings(directory)
     # Multi-process runs: every process takes part in orbax's save (a collective), and only
     # process 0 touches the file system around it, between barriers.
     primary = jax.process_index() == 0
+    state = nnx.to_pure_dict(nnx.state(model))
+    metadata = {**(metadata or {}), "checksums": checksums.tree_checksums(state)}
     if primary:
         shutil.rmtree(saving, ignore_errors=True)  # a crashed earlier save
         saving.mkdir(parents=True)
     _barrier(f"salt_jax.io.save:start:{directory}")
 
     with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(saving / STATE, nnx.to_pure_dict(nnx.state(model)))
+        checkpointer.save(saving / STATE, state)
         checkpointer.wait_until_finished()
     if primary:
         _write_metadata_and_swap(directory, saving, previous, arch, model_kwargs, metadata)
     _barrier(f"salt_jax.io.save:done:{directory}")
     return directory
+
+
+def check_target(directory: str | pathlib.Path) -> None:
+    """Raises OverwriteError unless `save(directory, ...)` would only replace our own files.
+
+    Allowed: nothing there, an empty directory, or a directory holding nothing but
+    `metadata.json` and `state/` (a checkpoint of ours, complete or not); the same for the
+    `.saving` / `.previous` siblings that `save` clears.
+    """
+    directory = pathlib.Path(directory).absolute()
+    for path in (directory, *_siblings(directory)):
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if path.is_symlink() or not path.is_dir():
+            raise OverwriteError(f"{path} exists and is not a directory; refusing to replace it "
+                                 f"(choose another output path)")
+        names = {p.name for p in path.iterdir()}
+        if not names <= {METADATA, STATE}:
+            raise OverwriteError(
+                f"{path} is a non-empty directory that is not a salt_jax model ({_few(sorted(names))}); "
+                f"refusing to replace it (choose another output path, or empty it yourself)")
+
+
+def _few(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
 def _barrier(name: str) -> None:
@@ -145,8 +187,18 @@ def _write_metadata_and_swap(directory, saving, previous, arch, model_kwargs, me
 
 
 def read_metadata(directory: str | pathlib.Path) -> dict[str, Any]:
-    """The metadata.json of the checkpoint `load(directory)` would read."""
-    return json.loads((_resolve(pathlib.Path(directory)) / METADATA).read_text())
+    """The metadata.json of the checkpoint `load(directory)` would read.
+
+    Raises CheckpointError for a missing checkpoint or a metadata.json that is not a JSON object.
+    """
+    path = _resolve(pathlib.Path(directory)) / METADATA
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise CheckpointError(f"{path}: damaged checkpoint metadata ({checksums.read_error(err)})") from None
+    if not isinstance(meta, dict) or "arch" not in meta:
+        raise CheckpointError(f"{path}: damaged checkpoint metadata (not a JSON object with an 'arch')")
+    return meta
 
 
 def load(
@@ -163,18 +215,29 @@ def load(
       grouped_impl: "native" | "dense" override for the grouped convolutions.
 
     Raises:
-      CheckpointError: no checkpoint at `directory` (the message says what was expected).
+      CheckpointError: no checkpoint at `directory` (the message says what was expected), or a
+        damaged one (unreadable, or arrays that differ from their checksums).
     """
     path = _resolve(pathlib.Path(directory))
-    meta = json.loads((path / METADATA).read_text())
+    meta = read_metadata(path)
+    if "checksums" not in meta:
+        raise CheckpointError(f"{path}: written without array checksums (format {meta.get('format')!r}, before "
+                              f"{FORMAT}), so it cannot be verified; save or convert it again")
     overrides = {k: v for k, v in (("dtype", dtype), ("grouped_impl", grouped_impl)) if v is not None}
     model = build(meta["arch"], meta.get("model_kwargs"), abstract=True, **overrides)
     graphdef, abstract_state = nnx.split(model)
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_local_sharding()), nnx.to_pure_dict(abstract_state)
     )
-    with ocp.StandardCheckpointer() as checkpointer:
-        restored = checkpointer.restore(path / STATE, target)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            restored = checkpointer.restore(path / STATE, target)
+    except Exception as err:  # orbax/tensorstore raise bare Exceptions for damaged files
+        raise CheckpointError(f"{path}: damaged checkpoint, its arrays cannot be read "
+                              f"({checksums.read_error(err)})") from None
+    bad = checksums.mismatches(restored, meta["checksums"])
+    if bad:
+        raise CheckpointError(f"{path}: damaged checkpoint, {checksums.describe(bad)}")
     nnx.replace_by_pure_dict(abstract_state, restored)
     model = nnx.merge(graphdef, abstract_state)
     model.eval()
@@ -194,13 +257,27 @@ def _is_complete(path: pathlib.Path) -> bool:
     return (path / METADATA).is_file() and (path / STATE).is_dir()
 
 
+def finish_interrupted_save(directory: str | pathlib.Path) -> bool:
+    """Moves the checkpoint of a save that crashed between its renames into place: the complete
+    `.saving` (newer), else `.previous`, when `directory` itself is missing. Returns whether it did."""
+    directory = pathlib.Path(directory).absolute()
+    if directory.exists() or directory.is_symlink():
+        return False
+    for candidate in _siblings(directory):
+        if _is_complete(candidate):
+            candidate.rename(directory)
+            return True
+    return False
+
+
 def _resolve(directory: pathlib.Path) -> pathlib.Path:
     """The complete checkpoint directory standing for `directory` (see the module docstring)."""
     directory = directory.absolute()
     if _is_complete(directory):
         return directory
-    if (directory / "best").is_dir() and not (directory / METADATA).exists():
-        return _resolve(directory / "best")
+    best = directory / "best"
+    if not (directory / METADATA).exists() and (best.is_dir() or any(map(_is_complete, _siblings(best)))):
+        return _resolve(best)
     for candidate in _siblings(directory):  # a save that crashed between its renames
         if not directory.exists() and _is_complete(candidate):
             return candidate

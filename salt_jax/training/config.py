@@ -38,7 +38,7 @@ class TrainConfig:
     encoder: str = "se_resnext50_32x4d"
     fold: int = 0
     data_dir: str | None = None  # None: the built-in synthetic dataset
-    workdir: str | None = None  # None: runs/<encoder>-fold<k>
+    workdir: str | None = None  # None: default_workdir(encoder, fold, data_dir)
     epochs: int = 120
     switch_epoch: int = 20
     batch_size: int = 32
@@ -88,6 +88,8 @@ class TrainConfig:
             problems.append(f"epochs={self.epochs}: expected >= 1")
         if self.switch_epoch < 0:
             problems.append(f"switch_epoch={self.switch_epoch}: expected >= 0")
+        if self.seed < 0:
+            problems.append(f"seed={self.seed}: expected >= 0")
         if self.batch_size < 1:
             problems.append(f"batch_size={self.batch_size}: expected >= 1")
         if not self.lr > 0:
@@ -103,6 +105,12 @@ class TrainConfig:
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         return self
+
+
+def default_workdir(encoder: str, fold: int, data_dir: str | None) -> str:
+    """runs/<encoder>-fold<k> for a user's data; runs/synthetic-<encoder>-fold<k> for the built-in
+    synthetic set, so forgetting --data_dir once never resumes (or mixes into) a real-data run."""
+    return f"runs/{'' if data_dir else 'synthetic-'}{encoder}-fold{fold}"
 
 
 def demo_config(**overrides) -> TrainConfig:
@@ -148,8 +156,15 @@ def _positive_float(value: str) -> float:
     return number
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad flags are one line on stderr (no usage block) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _OneLineParser(
         prog="train.py",
         description="Train the salt UNet on one fold (data-parallel over every local device).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -161,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Kaggle-layout folder (train.csv, train/images, train/masks, depths.csv); "
                         "default: the built-in synthetic set, generated on first use")
     p.add_argument("--workdir", default=None,
-                   help="where checkpoints, metrics.jsonl, config.json, best/ go; default runs/<encoder>-fold<k>. "
+                   help="where checkpoints, metrics.jsonl, config.json, best/ go; default runs/<encoder>-fold<k> "
+                        "(runs/synthetic-<encoder>-fold<k> without --data_dir). "
                         "Re-running the same command resumes from the latest checkpoint there")
     p.add_argument("--epochs", type=_int_in(1, None), default=120, help="total epochs (both loss rounds)")
     p.add_argument("--switch_epoch", type=_int_in(0, None), default=20,
@@ -184,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Default workdir DIR-finetune; other flags given explicitly still apply")
     p.add_argument("--dtype", choices=DTYPES, default=None,
                    help="compute dtype (parameters stay float32); default bfloat16 on GPU/TPU, float32 on CPU")
-    p.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and augmentation seed")
+    p.add_argument("--seed", type=_int_in(0, None), default=0, help="initialisation, shuffling and augmentation seed")
     p.add_argument("--folds_csv", default=None,
                    help="your own folds (columns id,fold); default: the original's stratified 5-fold split")
     p.add_argument("--recipe", choices=RECIPES, default="original",
@@ -241,7 +257,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
             fields["lr"] = 0.01 if args.recipe == "cosine" else 1e-4
         cfg = TrainConfig(**fields)
     if cfg.workdir is None:
-        cfg = dataclasses.replace(cfg, workdir=f"runs/{cfg.encoder}-fold{cfg.fold}")
+        cfg = dataclasses.replace(cfg, workdir=default_workdir(cfg.encoder, cfg.fold, cfg.data_dir))
     try:
         return cfg.validate()
     except ValueError as err:

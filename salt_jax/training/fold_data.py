@@ -12,8 +12,8 @@ import pathlib
 
 import numpy as np
 
-from salt_jax.data import (load_train, make_folds, mask_types, read_folds_csv, split_indices,
-                           write_folds_csv)
+from salt_jax import checksums
+from salt_jax.data import DataError, load_train, make_folds, mask_types, read_folds_csv, split_indices
 from salt_jax.data.augment import pad_reflect_128
 
 
@@ -28,28 +28,41 @@ class FoldData:
     val_ids: tuple[str, ...]
 
 
-def load_fold(data_dir: str | pathlib.Path, fold: int, *, folds_csv: str | None,
-              write_to: pathlib.Path | None) -> FoldData:
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Where a fold's data came from: for WORKDIR/folds.csv and the run's record of its inputs.
+
+    data_key: the data's content hash (TrainSet.content_key); folds_key: a hash of (ids, folds).
+    """
+
+    ids: tuple[str, ...]
+    folds: np.ndarray
+    mask_types: np.ndarray
+    data_key: str
+    folds_key: str
+
+
+def load_fold(data_dir: str | pathlib.Path, fold: int, *, folds_csv: str | None) -> tuple[FoldData, Split]:
     """Reads the Kaggle-layout `data_dir`, splits `fold` and pads the images.
 
     The folds are the user's `folds_csv` (columns id, fold) if given, else the original's
     stratified split. Training drops masks with 1..9 salt pixels (salt_jax.data.split_indices);
-    validation keeps every image of the fold. The folds used are written to `write_to`.
+    validation keeps every image of the fold. Writes nothing (see Split).
     """
     train = load_train(data_dir)
     folds = read_folds_csv(folds_csv, train.ids) if folds_csv else make_folds(train.ids, train.masks)
-    if write_to is not None:
-        write_folds_csv(write_to, train.ids, folds, mask_types(train.masks))
+    split = Split(train.ids, folds, mask_types(train.masks), train.content_key,
+                  checksums.json_checksum([list(train.ids), folds.tolist()]))
     train_idx, val_idx = split_indices(folds, train.masks, fold)
     if len(val_idx) == 0:
-        raise ValueError(f"fold {fold} of {data_dir} has no validation images")
+        raise DataError(f"fold {fold} of {data_dir} has no validation images")
     return FoldData(
         train_images=pad_reflect_128(train.images[train_idx]),
         train_masks=pad_reflect_128(train.masks[train_idx]),
         val_images=pad_reflect_128(train.images[val_idx]),
         val_masks=pad_reflect_128(train.masks[val_idx]),
         val_ids=tuple(train.ids[i] for i in val_idx),
-    )
+    ), split
 
 
 def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int) -> np.ndarray:

@@ -3,6 +3,8 @@
 `run(cfg)` trains one fold and returns a RunResult. Re-running with the same workdir resumes from
 the latest checkpoint and continues exactly (same batches, augmentations and lr as an
 uninterrupted run). Files in WORKDIR:
+    inputs.json     what the run was started with: encoder, fold, and the source and content hash
+                    of the data, the folds and the pretrained weights (a re-run with any other is refused)
     config.json     the TrainConfig (a re-run with another encoder/fold/... is refused)
     folds.csv       the folds used (id, fold, mask_type)
     metrics.jsonl   one JSON record per epoch
@@ -10,6 +12,9 @@ uninterrupted run). Files in WORKDIR:
     best/           the best model by val_map (salt_jax.models.io format; models.load(WORKDIR))
     snapshots/      cosine recipe: the model at the end of each cycle
     curves.png, predictions.png, tensorboard/ (if tensorboardX is installed)
+Every check of the user's input (flag values, the workdir on the file system and its record,
+the data, the folds, the pretrained weights) runs before anything is written or compiled, and
+fails with a one-line UserError (train.py: exit 2).
 """
 
 from __future__ import annotations
@@ -26,25 +31,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from salt_jax import checksums
+from salt_jax.data import write_folds_csv
+from salt_jax.errors import UserError
+from salt_jax.fileio import atomic_write
 from salt_jax.models import io as model_io
 from salt_jax.training.checkpoint import Checkpoints
-from salt_jax.training.config import TrainConfig, load_config_json
-from salt_jax.training.fold_data import FoldData, epoch_batches, eval_batches, load_fold
+from salt_jax.training.config import TrainConfig, default_workdir, load_config_json
+from salt_jax.training.fold_data import FoldData, Split, epoch_batches, eval_batches, load_fold
 from salt_jax.training.plateau import ReduceOnPlateau, cosine_cycle_lr
 from salt_jax.mesh import data_mesh
 from salt_jax.training.steps import LossOptions, Steps, make_optimizer, replicate, shard_batch
 
 PROGRESS_EVERY = 10  # steps between (lagged) loss reads for the progress bar
+FIGURE_ROWS = 8  # validation images in predictions.png
 
 
-class IncompatibleRunError(RuntimeError):
-    """The workdir holds a run of another experiment (encoder, fold, ...)."""
+class IncompatibleRunError(UserError):
+    """The workdir holds a run of another experiment (encoder, fold, data, folds, weights...)."""
 
 
 class NonFiniteLossError(RuntimeError):
-    """A training loss was NaN or infinite; the last good checkpoint is kept."""
+    """A training loss was NaN or infinite; nothing of that epoch is saved."""
 
 
 @dataclasses.dataclass
@@ -61,25 +72,30 @@ class RunResult:
 
 def run(cfg: TrainConfig) -> RunResult:
     """Trains `cfg.fold` for `cfg.epochs` epochs (resuming if WORKDIR holds a checkpoint)."""
-    cfg.validate()
+    try:
+        cfg.validate()
+    except ValueError as err:
+        raise UserError(str(err)) from None
     if cfg.distributed:
         _initialize_distributed()
-    workdir = pathlib.Path(cfg.workdir or f"runs/{cfg.encoder}-fold{cfg.fold}").absolute()
-    _claim_workdir(workdir, cfg)
-    log = _Logger(workdir, progress=cfg.progress)
-    data = load_fold(_data_dir(cfg), cfg.fold, folds_csv=cfg.folds_csv,
-                     write_to=workdir / "folds.csv" if jax.process_index() == 0 else None)
+    workdir = pathlib.Path(cfg.workdir or default_workdir(cfg.encoder, cfg.fold, cfg.data_dir)).absolute()
+    _check_workdir(workdir)
+    pretrained = _load_pretrained(cfg)
+    data, split = load_fold(_data_dir(cfg), cfg.fold, folds_csv=cfg.folds_csv)
     mesh = data_mesh()
     _check_batch(cfg, mesh, len(data.train_images))
-    steps = Steps(_build_model(cfg), make_optimizer(cfg.recipe, cfg.resolved_weight_decay(), cfg.lr), mesh,
+    _claim_workdir(workdir, cfg, _inputs(cfg, split), split)  # the first write
+    log = _Logger(workdir, progress=cfg.progress)
+    steps = Steps(_build_model(cfg, pretrained), make_optimizer(cfg.recipe, cfg.resolved_weight_decay(), cfg.lr), mesh,
                   seed=cfg.seed, loss=LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz), augment=cfg.augment)
     arrays = {k: replicate(v, steps.replicated) for k, v in dataclasses.asdict(data).items() if k != "val_ids"}
 
     ckpt = Checkpoints(workdir / "checkpoints")
     state = steps.init_state()
     progress = _fresh_progress(cfg)
-    if ckpt.latest_step() is not None:
-        state, progress = ckpt.restore(ckpt.latest_step(), state)
+    restored = ckpt.restore_latest(state, report=log.info)
+    if restored is not None:
+        state, progress = restored
         log.info(f"resumed {workdir} at epoch {progress['next_epoch']} (best val_map {progress['best_val_map']:.4f})")
     elif cfg.finetune_from:  # best/ must beat the starting model (salt_jax.training.finetune)
         progress["best_val_map"] = progress["start_val_map"] = _starting_val_map(steps, state, arrays, cfg)
@@ -89,6 +105,7 @@ def run(cfg: TrainConfig) -> RunResult:
         log.warn("no --pretrained checkpoint: the encoder starts from random weights (expect a much lower "
                  "val_map than the ImageNet-initialised original)")
     log.rewrite_metrics(progress["history"])
+    _repair_best(workdir, ckpt, state, progress["history"], steps, cfg, log)
     plateau = ReduceOnPlateau(**progress["plateau"])
     log.info(f"{cfg.arch} fold {cfg.fold}: {len(data.train_images)} train / {len(data.val_images)} val images, "
              f"global batch {cfg.batch_size} on {len(jax.devices())} {jax.default_backend()} device(s)")
@@ -113,8 +130,7 @@ def run(cfg: TrainConfig) -> RunResult:
                 plateau.step(val_map)
             if val_map > progress["best_val_map"]:
                 progress["best_val_map"] = val_map
-                model_io.save(workdir / "best", steps.model(state), arch=cfg.arch,
-                              metadata={"epoch": epoch, "val_map": val_map, "fold": cfg.fold, "encoder": cfg.encoder})
+                model_io.save(workdir / "best", steps.model(state), arch=cfg.arch, metadata=_best_metadata(cfg, record))
             record["best_val_map"] = progress["best_val_map"]
             progress.update(next_epoch=epoch + 1, plateau=dataclasses.asdict(plateau),
                             history=progress["history"] + [record])
@@ -129,6 +145,10 @@ def run(cfg: TrainConfig) -> RunResult:
         log.close()
     if cfg.finetune_from and progress["best_val_map"] == progress["start_val_map"]:
         log.info(f"no epoch beat the starting val_map of {cfg.finetune_from}: {workdir / 'best'} not written")
+    if (last_probs is None and progress["history"] and jax.process_count() == 1
+            and not (workdir / "predictions.png").is_file()):
+        # A re-run of a finished run (no epoch left) redraws a figure that a crash left unwritten.
+        last_probs = _evaluate(steps, state, arrays, cfg, progress["next_epoch"] - 1)[2]
     _pictures(workdir, progress["history"], data, last_probs, log)
     compiles = {"train_step": steps.train_step._cache_size(), "eval_step": steps.eval_step._cache_size()}
     return RunResult(workdir, progress["history"], progress["best_val_map"], state, compiles,
@@ -160,32 +180,113 @@ def _data_dir(cfg: TrainConfig) -> pathlib.Path:
     return ensure_default_data()
 
 
-def _claim_workdir(workdir: pathlib.Path, cfg: TrainConfig) -> None:
-    """Writes config.json, refusing a workdir that holds another experiment."""
-    path = workdir / "config.json"
-    if path.is_file():
-        old = load_config_json(path.read_text())
+# Files of ours that mark a directory as a training workdir (the first ones a run writes).
+WORKDIR_MARKERS = ("inputs.json", "config.json")
+
+
+def _check_workdir(workdir: pathlib.Path) -> None:
+    """--workdir must be new, empty, or one of our runs, and writable (read-only checks)."""
+    if workdir.exists() or workdir.is_symlink():
+        if not workdir.is_dir():
+            raise UserError(f"--workdir {workdir} exists and is not a directory")
+        names = {p.name for p in workdir.iterdir()}
+        if names and not names & set(WORKDIR_MARKERS):
+            raise UserError(f"--workdir {workdir} is a non-empty directory that holds no training run "
+                            f"(no {WORKDIR_MARKERS[0]}); choose another --workdir")
+        if not os.access(workdir, os.W_OK | os.X_OK):
+            raise UserError(f"--workdir {workdir} is not writable")
+        return
+    parent = next(p for p in workdir.parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--workdir {workdir} cannot be created: {parent} is not a writable directory")
+
+
+def _inputs(cfg: TrainConfig, split: Split) -> dict[str, Any]:
+    """What the run is started with (WORKDIR/inputs.json): sources for people, content hashes to compare."""
+    pretrained = None
+    if cfg.pretrained:
+        recorded = model_io.read_metadata(cfg.pretrained)["checksums"]
+        pretrained = {"source": str(pathlib.Path(cfg.pretrained).absolute()), "content": checksums.json_checksum(recorded)}
+    return {
+        "encoder": cfg.encoder,
+        "fold": cfg.fold,
+        "data": {"source": str(pathlib.Path(cfg.data_dir).absolute()) if cfg.data_dir else "built-in synthetic set",
+                 "content": split.data_key},
+        "folds": {"source": str(pathlib.Path(cfg.folds_csv).absolute()) if cfg.folds_csv else "stratified split",
+                  "content": split.folds_key},
+        "pretrained": pretrained,
+    }
+
+
+def _input_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """'name: then -> now' for every input whose identity (content, not path) differs."""
+
+    def identity(value):
+        return value.get("content") if isinstance(value, dict) else value
+
+    def describe(value) -> str:
+        if isinstance(value, dict):
+            return f"{value.get('source')} (content {str(value.get('content'))[:12]})"
+        return "none" if value is None else repr(value)
+
+    return [f"{key}: {describe(old.get(key))} then -> {describe(new[key])} now"
+            for key in new if identity(old.get(key)) != identity(new[key])]
+
+
+def _read_json(path: pathlib.Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: unreadable ({checksums.read_error(err)}); it marks the run in "
+                        f"{path.parent}: restore it, or use another --workdir") from None
+
+
+def _claim_workdir(workdir: pathlib.Path, cfg: TrainConfig, inputs: dict[str, Any], split: Split) -> None:
+    """Refuses a workdir of another experiment; then writes inputs.json (once), config.json, folds.csv."""
+    config_path, inputs_path = (workdir / name for name in ("config.json", "inputs.json"))
+    if config_path.is_file():
+        try:
+            old = load_config_json(json.dumps(_read_json(config_path)))
+        except (TypeError, ValueError) as err:
+            raise UserError(f"{config_path}: not a training config ({err})") from None
         if old.identity() != cfg.identity():
             diff = {k: (v, cfg.identity()[k]) for k, v in old.identity().items() if cfg.identity()[k] != v}
             raise IncompatibleRunError(
                 f"{workdir} holds a run with another configuration {diff} (field: (there, requested)); "
-                f"use another --workdir or delete that one")
+                f"use another --workdir")
+    if inputs_path.is_file():
+        differences = _input_differences(_read_json(inputs_path), inputs)
+        if differences:
+            raise IncompatibleRunError(f"{workdir} was started with other inputs ({'; '.join(differences)}); "
+                                       f"re-run with the inputs it was started with, or use another --workdir")
     if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(cfg.to_json() + "\n")
-        tmp.replace(path)
+        if not inputs_path.is_file():  # the record of the start; a resume never rewrites it
+            with atomic_write(inputs_path) as f:
+                f.write(json.dumps(inputs, indent=2, sort_keys=True) + "\n")
+        with atomic_write(config_path) as f:
+            f.write(cfg.to_json() + "\n")
+        write_folds_csv(workdir / "folds.csv", split.ids, split.folds, split.mask_types)
 
 
 def _check_batch(cfg: TrainConfig, mesh, n_train: int) -> None:
     n_dev = mesh.devices.size
     if cfg.batch_size % n_dev:
-        raise ValueError(f"--batch_size {cfg.batch_size} does not divide over {n_dev} devices")
+        raise UserError(f"--batch_size {cfg.batch_size} does not divide over {n_dev} devices")
     if cfg.batch_size > n_train:
-        raise ValueError(f"--batch_size {cfg.batch_size} is larger than the {n_train} training images of fold {cfg.fold}")
+        raise UserError(f"--batch_size {cfg.batch_size} is larger than the {n_train} training images of fold {cfg.fold}")
 
 
-def _build_model(cfg: TrainConfig) -> nnx.Module:
+def _load_pretrained(cfg: TrainConfig) -> nnx.Module | None:
+    """The --pretrained encoder, verified (arch from its metadata first, then its checksums)."""
+    if not cfg.pretrained:
+        return None
+    arch = model_io.read_metadata(cfg.pretrained)["arch"]  # refuse before loading the weights
+    if arch != cfg.encoder and not (cfg.encoder == "tiny" and arch == "se_resnext_tiny"):
+        raise UserError(f"--pretrained {cfg.pretrained} holds {arch!r}, but --encoder is {cfg.encoder!r}")
+    return model_io.load(cfg.pretrained)
+
+
+def _build_model(cfg: TrainConfig, pretrained: nnx.Module | None) -> nnx.Module:
     from salt_jax.models.initialize import init_module
     from salt_jax.models.unet import SaltUNet, init_encoder_from_imagenet
 
@@ -196,12 +297,34 @@ def _build_model(cfg: TrainConfig) -> nnx.Module:
         return load_start_model(cfg, dtype)
     # Host-side init: eagerly (or under nnx.jit) XLA compiles the initialisers for ~30 s on CPU.
     model = init_module(lambda rngs: SaltUNet(cfg.encoder, rngs=rngs, dtype=jnp.dtype(dtype)), cfg.seed)
-    if cfg.pretrained:
-        arch = model_io.read_metadata(cfg.pretrained)["arch"]  # refuse before loading the weights
-        if arch != cfg.encoder and not (cfg.encoder == "tiny" and arch == "se_resnext_tiny"):
-            raise ValueError(f"--pretrained {cfg.pretrained} holds {arch!r}, but --encoder is {cfg.encoder!r}")
-        init_encoder_from_imagenet(model, model_io.load(cfg.pretrained))
+    if pretrained is not None:
+        init_encoder_from_imagenet(model, pretrained)
     return model
+
+
+def _best_metadata(cfg: TrainConfig, record: dict[str, Any]) -> dict[str, Any]:
+    return {"epoch": record["epoch"], "val_map": record["val_map"], "fold": cfg.fold, "encoder": cfg.encoder}
+
+
+def _repair_best(workdir: pathlib.Path, ckpt: Checkpoints, state_like, history: list[dict], steps: Steps,
+                 cfg: TrainConfig, log: "_Logger") -> None:
+    """Completes best/ when a crash (or a person) left it missing: an interrupted save's complete
+    copy is moved into place, else the best epoch's checkpoint is exported again if still kept."""
+    best = workdir / "best"
+    if log.primary and model_io.finish_interrupted_save(best):
+        log.info(f"completed {best} from an interrupted save")
+    if jax.process_count() > 1:  # every process must see the same best/ before deciding to save
+        multihost_utils.sync_global_devices("salt_jax.loop.repair_best")
+    if not history or best.exists():
+        return
+    top = max(history, key=lambda r: r["val_map"])
+    if top["epoch"] + 1 not in ckpt.all_steps():
+        log.info(f"{best} is missing and the checkpoint of its epoch {top['epoch']} is no longer kept; "
+                 f"best/ is written again when val_map improves")
+        return
+    state, _ = ckpt.restore(top["epoch"] + 1, state_like)
+    model_io.save(best, steps.model(state), arch=cfg.arch, metadata=_best_metadata(cfg, top))
+    log.info(f"rebuilt {best} from the checkpoint of epoch {top['epoch']}")
 
 
 def _fresh_progress(cfg: TrainConfig) -> dict[str, Any]:
@@ -262,14 +385,17 @@ def _check_finite(values, first_step: int, epoch: int) -> None:
         step = first_step + int(bad[0])
         raise NonFiniteLossError(
             f"non-finite training loss ({values[bad[0]]}) at global step {step} (epoch {epoch}); stopped "
-            f"without saving, the last good checkpoint is kept")
+            f"without saving anything of epoch {epoch} (checkpoints written before it are unchanged)")
 
 
 def _evaluate(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int):
-    """Eval-mode validation over every image. Returns (val_loss, val_map, probs of the first batch)."""
+    """Eval-mode validation over every image.
+
+    Returns (val_loss, val_map, probs of the first batches holding FIGURE_ROWS images).
+    """
     idx, valid = eval_batches(len(arrays["val_images"]), cfg.batch_size)
     epoch_arg = replicate(np.asarray(epoch, np.int32), steps.replicated)
-    totals, first_probs = [], None
+    totals, first_probs = [], []
     for b in range(len(idx)):
         sums, probs = steps.eval_step(state["params"], state["rest"], arrays["val_images"], arrays["val_masks"],
                                       shard_batch(idx[b], steps.batch_sharded),
@@ -277,7 +403,8 @@ def _evaluate(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int):
         if _must_sync_each_step():
             jax.block_until_ready(sums)
         totals.append(sums)
-        first_probs = probs if first_probs is None else first_probs
+        if len(first_probs) * cfg.batch_size < FIGURE_ROWS:
+            first_probs.append(probs)
     totals = jax.device_get(totals)
     count = sum(float(t["count"]) for t in totals)
     val_loss = sum(float(t["loss_sum"]) for t in totals) / count
@@ -342,7 +469,7 @@ class _Logger:
 
 
 def _pictures(workdir: pathlib.Path, history: list[dict], data: FoldData, probs, log: _Logger) -> None:
-    """curves.png from the history; predictions.png from the last validation batch seen.
+    """curves.png from the history; predictions.png from the first validation images of the last evaluation.
 
     Multi-process runs skip predictions.png: the batch is spread over processes.
     """
@@ -353,7 +480,8 @@ def _pictures(workdir: pathlib.Path, history: list[dict], data: FoldData, probs,
     viz.plot_curves(history, workdir / "curves.png")
     if probs is not None and jax.process_count() == 1:
         crop = slice(13, 114)
-        n = min(8, len(data.val_ids))
+        n = min(FIGURE_ROWS, len(data.val_ids))
+        probs = np.concatenate([np.asarray(jax.device_get(p)) for p in probs])
         viz.prediction_grid(data.val_images[:n, crop, crop], data.val_masks[:n, crop, crop],
-                            np.asarray(jax.device_get(probs))[:n], workdir / "predictions.png",
+                            probs[:n], workdir / "predictions.png",
                             ids=data.val_ids[:n], n=n)
