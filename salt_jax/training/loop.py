@@ -105,7 +105,7 @@ def run(cfg: TrainConfig) -> RunResult:
         log.warn("no --pretrained checkpoint: the encoder starts from random weights (expect a much lower "
                  "val_map than the ImageNet-initialised original)")
     log.rewrite_metrics(progress["history"])
-    _repair_best(workdir, ckpt, state, progress["history"], steps, cfg, log)
+    _repair_best(workdir, ckpt, state, progress, steps, cfg, log)
     plateau = ReduceOnPlateau(**progress["plateau"])
     log.info(f"{cfg.arch} fold {cfg.fold}: {len(data.train_images)} train / {len(data.val_images)} val images, "
              f"global batch {cfg.batch_size} on {len(jax.devices())} {jax.default_backend()} device(s)")
@@ -306,18 +306,22 @@ def _best_metadata(cfg: TrainConfig, record: dict[str, Any]) -> dict[str, Any]:
     return {"epoch": record["epoch"], "val_map": record["val_map"], "fold": cfg.fold, "encoder": cfg.encoder}
 
 
-def _repair_best(workdir: pathlib.Path, ckpt: Checkpoints, state_like, history: list[dict], steps: Steps,
+def _repair_best(workdir: pathlib.Path, ckpt: Checkpoints, state_like, progress: dict[str, Any], steps: Steps,
                  cfg: TrainConfig, log: "_Logger") -> None:
     """Completes best/ when a crash (or a person) left it missing: an interrupted save's complete
-    copy is moved into place, else the best epoch's checkpoint is exported again if still kept."""
+    copy is moved into place, else the best epoch's checkpoint is exported again if still kept.
+    A fine-tuning run whose epochs never beat its starting model has no best/, by design."""
     best = workdir / "best"
     if log.primary and model_io.finish_interrupted_save(best):
         log.info(f"completed {best} from an interrupted save")
     if jax.process_count() > 1:  # every process must see the same best/ before deciding to save
         multihost_utils.sync_global_devices("salt_jax.loop.repair_best")
+    history = progress["history"]
     if not history or best.exists():
         return
     top = max(history, key=lambda r: r["val_map"])
+    if top["val_map"] <= progress.get("start_val_map", -1.0):
+        return
     if top["epoch"] + 1 not in ckpt.all_steps():
         log.info(f"{best} is missing and the checkpoint of its epoch {top['epoch']} is no longer kept; "
                  f"best/ is written again when val_map improves")
