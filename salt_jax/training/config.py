@@ -14,6 +14,8 @@ import json
 import sys
 from typing import Sequence
 
+from salt_jax.data.folds import FOLD_RULES
+
 ENCODER_ALIASES = {
     "50": "se_resnext50_32x4d",
     "101": "se_resnext101_32x4d",
@@ -28,7 +30,7 @@ N_FOLDS = 5
 # Fields that define the experiment: resuming a workdir with a different value would silently
 # mix two runs, so the loop refuses. (epochs may grow on resume; lr/patience only steer it.)
 IDENTITY_FIELDS = ("encoder", "fold", "seed", "recipe", "batch_size", "switch_epoch", "cycle_epochs",
-                   "symmetric_lovasz")
+                   "symmetric_lovasz", "fold_rule")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,7 @@ class TrainConfig:
     dtype: str | None = None  # None: bfloat16 on accelerators, float32 on CPU
     seed: int = 0
     folds_csv: str | None = None
+    fold_rule: str = "original"
     recipe: str = "original"
     cycle_epochs: int = 50
     min_lr: float = 1e-3  # cosine recipe: end of each cycle
@@ -90,6 +93,8 @@ class TrainConfig:
             problems.append(f"batch_size={self.batch_size}: expected >= 1")
         if not self.lr > 0:
             problems.append(f"lr={self.lr}: expected > 0")
+        if self.fold_rule not in FOLD_RULES:
+            problems.append(f"fold_rule={self.fold_rule!r}: expected one of {FOLD_RULES}")
         if self.recipe not in RECIPES:
             problems.append(f"recipe={self.recipe!r}: expected one of {RECIPES}")
         if self.cycle_epochs < 1:
@@ -179,7 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute dtype (parameters stay float32); default bfloat16 on GPU/TPU, float32 on CPU")
     p.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and augmentation seed")
     p.add_argument("--folds_csv", default=None,
-                   help="your own folds (columns id,fold); default: the original's stratified 5-fold split")
+                   help="your own folds (columns id,fold; fold -1 = unused); default: --fold_rule's split")
+    p.add_argument("--fold_rule", choices=FOLD_RULES, default="original",
+                   help="original: ids with 1-9 salt pixels are left out, the rest split into the original's "
+                        "stratified 5 folds; validate_tiny: every id is split and the tiny masks are validated "
+                        "on (never trained on): other folds than the original's")
     p.add_argument("--recipe", choices=RECIPES, default="original",
                    help="original: Adam + reduce-on-plateau; cosine: SGD momentum 0.9, cosine cycles "
                         "lr -> 0.001 with a snapshot per cycle (the top solutions' recipe)")
@@ -207,7 +216,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         encoder=args.encoder, fold=args.fold, data_dir=args.data_dir, workdir=args.workdir,
         epochs=args.epochs, switch_epoch=args.switch_epoch, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, pretrained=args.pretrained, dtype=args.dtype, seed=args.seed,
-        folds_csv=args.folds_csv, recipe=args.recipe, cycle_epochs=args.cycle_epochs,
+        folds_csv=args.folds_csv, fold_rule=args.fold_rule, recipe=args.recipe, cycle_epochs=args.cycle_epochs,
         symmetric_lovasz=args.symmetric_lovasz, plateau_patience=args.plateau_patience,
         distributed=args.distributed, progress=not args.no_progress,
     )

@@ -29,15 +29,17 @@ class FoldData:
 
 
 def load_fold(data_dir: str | pathlib.Path, fold: int, *, folds_csv: str | None,
-              write_to: pathlib.Path | None) -> FoldData:
+              write_to: pathlib.Path | None, fold_rule: str = "original") -> FoldData:
     """Reads the Kaggle-layout `data_dir`, splits `fold` and pads the images.
 
-    The folds are the user's `folds_csv` (columns id, fold) if given, else the original's
-    stratified split. Training drops masks with 1..9 salt pixels (salt_jax.data.split_indices);
-    validation keeps every image of the fold. The folds used are written to `write_to`.
+    The folds are the user's `folds_csv` (columns id, fold) if given, else
+    `make_folds(..., rule=fold_rule)`. Ids of fold -1 are in neither training nor validation;
+    training also drops masks with 1..9 salt pixels (salt_jax.data.split_indices). The folds
+    used are written to `write_to`.
     """
     train = load_train(data_dir)
-    folds = read_folds_csv(folds_csv, train.ids) if folds_csv else make_folds(train.ids, train.masks)
+    folds = (read_folds_csv(folds_csv, train.ids) if folds_csv
+             else make_folds(train.ids, train.masks, rule=fold_rule))
     if write_to is not None:
         write_folds_csv(write_to, train.ids, folds, mask_types(train.masks))
     train_idx, val_idx = split_indices(folds, train.masks, fold)

@@ -66,7 +66,7 @@ def run(cfg: TrainConfig) -> RunResult:
     workdir = pathlib.Path(cfg.workdir or f"runs/{cfg.encoder}-fold{cfg.fold}").absolute()
     _claim_workdir(workdir, cfg)
     log = _Logger(workdir, progress=cfg.progress)
-    data = load_fold(_data_dir(cfg), cfg.fold, folds_csv=cfg.folds_csv,
+    data = load_fold(_data_dir(cfg), cfg.fold, folds_csv=cfg.folds_csv, fold_rule=cfg.fold_rule,
                      write_to=workdir / "folds.csv" if jax.process_index() == 0 else None)
     mesh = data_mesh()
     _check_batch(cfg, mesh, len(data.train_images))
