@@ -22,6 +22,14 @@ def test_recipe_defaults():
     assert parse_args([]).resolved_weight_decay() == 1e-4
 
 
+def test_original_recipe_options_default_to_the_original():
+    cfg = parse_args([])
+    assert cfg.fold_rule == "original" and not cfg.original_dice
+    cfg = parse_args(["--original_dice", "--fold_rule=validate_tiny"])
+    assert cfg.original_dice and cfg.fold_rule == "validate_tiny"
+    assert {"original_dice", "fold_rule"} <= set(cfg.identity())  # a resume may not change them
+
+
 def test_demo_keeps_explicit_flags():
     cfg = parse_args(["--demo", "--epochs=2"])
     assert cfg.demo and cfg.encoder == "tiny" and cfg.epochs == 2 and cfg.switch_epoch == 1
@@ -36,6 +44,7 @@ def test_demo_keeps_explicit_flags():
     (["--recipe=adamw"], "invalid choice"),
     (["--dtype=float16"], "invalid choice"),
     (["--batch_size=0"], "out of range"),
+    (["--fold_rule=all"], "invalid choice"),
 ])
 def test_bad_flags_exit_with_a_message(argv, needle, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -30,7 +30,7 @@ N_FOLDS = 5
 # Fields that define the experiment: resuming a workdir with a different value would silently
 # mix two runs, so the loop refuses. (epochs may grow on resume; lr/patience only steer it.)
 IDENTITY_FIELDS = ("encoder", "fold", "seed", "recipe", "batch_size", "switch_epoch", "cycle_epochs",
-                   "symmetric_lovasz", "fold_rule")
+                   "symmetric_lovasz", "fold_rule", "original_dice")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +55,7 @@ class TrainConfig:
     cycle_epochs: int = 50
     min_lr: float = 1e-3  # cosine recipe: end of each cycle
     symmetric_lovasz: bool = False
+    original_dice: bool = False
     plateau_patience: int = 10
     plateau_factor: float = 0.5
     demo: bool = False
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycle_epochs", type=_int_in(1, None), default=50, help="cosine recipe: epochs per cycle")
     p.add_argument("--symmetric_lovasz", action="store_true",
                    help="use (L(x,y) + L(-x,1-y))/2 as the Lovasz loss")
+    p.add_argument("--original_dice", action="store_true",
+                   help="the original's dice, which applies the sigmoid twice (its seg_loss passes "
+                        "probabilities to a dice that applies sigmoid again); default: the correct dice")
     p.add_argument("--plateau_patience", type=_int_in(0, None), default=10,
                    help="original recipe: epochs without val_map gain before halving the lr")
     p.add_argument("--distributed", action="store_true",
@@ -217,7 +221,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         epochs=args.epochs, switch_epoch=args.switch_epoch, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, pretrained=args.pretrained, dtype=args.dtype, seed=args.seed,
         folds_csv=args.folds_csv, fold_rule=args.fold_rule, recipe=args.recipe, cycle_epochs=args.cycle_epochs,
-        symmetric_lovasz=args.symmetric_lovasz, plateau_patience=args.plateau_patience,
+        symmetric_lovasz=args.symmetric_lovasz, original_dice=args.original_dice, plateau_patience=args.plateau_patience,
         distributed=args.distributed, progress=not args.no_progress,
     )
     if args.demo:

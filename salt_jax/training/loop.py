@@ -71,7 +71,7 @@ def run(cfg: TrainConfig) -> RunResult:
     mesh = data_mesh()
     _check_batch(cfg, mesh, len(data.train_images))
     steps = Steps(_build_model(cfg), make_optimizer(cfg.recipe, cfg.resolved_weight_decay(), cfg.lr), mesh,
-                  seed=cfg.seed, loss=LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz))
+                  seed=cfg.seed, loss=LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz, cfg.original_dice))
     arrays = {k: replicate(v, steps.replicated) for k, v in dataclasses.asdict(data).items() if k != "val_ids"}
 
     ckpt = Checkpoints(workdir / "checkpoints")

@@ -52,8 +52,12 @@ def make_optimizer(recipe: str, weight_decay: float, lr: float) -> optax.Gradien
 
 @dataclasses.dataclass(frozen=True)
 class LossOptions:
+    """switch_epoch: first Lovasz epoch; symmetric: symmetric Lovasz; double_sigmoid: the
+    original's dice (sigmoid applied twice, `--original_dice`)."""
+
     switch_epoch: int
     symmetric: bool = False
+    double_sigmoid: bool = False
 
 
 def _to_float_batch(images_u8: jax.Array, masks_u8: jax.Array, idx: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -144,7 +148,8 @@ class Steps:
         def loss_fn(params):
             model = nnx.merge(self.graph_train, params, state["rest"], copy=True)
             logits, salt_prob = model(x)
-            loss, _ = multi_loss(logits, salt_prob, y, use_lovasz=use_lovasz, symmetric=self.loss.symmetric)
+            loss, _ = multi_loss(logits, salt_prob, y, use_lovasz=use_lovasz, symmetric=self.loss.symmetric,
+                                 double_sigmoid=self.loss.double_sigmoid)
             _, _, rest = nnx.split(model, nnx.Param, ...)
             return loss, rest
 
@@ -168,7 +173,8 @@ class Steps:
         use_lovasz = epoch >= self.loss.switch_epoch
 
         def one(lg, sp, m):
-            loss, _ = multi_loss(lg[None], sp[None], m[None], use_lovasz=use_lovasz, symmetric=self.loss.symmetric)
+            loss, _ = multi_loss(lg[None], sp[None], m[None], use_lovasz=use_lovasz, symmetric=self.loss.symmetric,
+                                 double_sigmoid=self.loss.double_sigmoid)
             return loss
 
         losses = jax.vmap(one)(logits, salt_prob, y)
