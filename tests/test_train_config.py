@@ -12,7 +12,7 @@ def test_encoder_aliases_and_default_workdir():
     cfg = parse_args(["--encoder=101", "--fold=2"])
     assert cfg.encoder == "se_resnext101_32x4d" and cfg.fold == 2
     assert cfg.workdir == "runs/se_resnext101_32x4d-fold2"
-    assert cfg.epochs == 120 and cfg.switch_epoch == 20 and cfg.batch_size == 32 and cfg.lr == 1e-4
+    assert cfg.epochs == 120 and cfg.switch_epoch == 20 and cfg.batch_size == 10 and cfg.lr == 1e-4
     assert parse_args(["--encoder", "se_resnext50_32x4d"]).arch == "unet_se_resnext50_32x4d"
 
 

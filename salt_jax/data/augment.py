@@ -124,8 +124,13 @@ def _ops_one(key: jax.Array, p: float) -> dict:
 
 
 def _split_image_keys(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-    """Per-image (ops key, params key): one key per image, then split in two."""
-    both = jax.vmap(jax.random.split)(jax.random.split(key, n))
+    """Per-image (ops key, params key): image i's key is fold_in(key, i), then split in two.
+
+    Folding in the position (rather than splitting the key n ways) makes image i's augmentation
+    independent of the batch size, so a batch padded for sharding augments its real images
+    exactly as the unpadded batch would.
+    """
+    both = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(jnp.arange(n))
     return both[:, 0], both[:, 1]
 
 

@@ -43,7 +43,7 @@ class TrainConfig:
     workdir: str | None = None  # None: runs/<encoder>-fold<k>
     epochs: int = 120
     switch_epoch: int = 20
-    batch_size: int = 32
+    batch_size: int = 10
     lr: float = 1e-4
     weight_decay: float | None = None  # None: the recipe's (1e-4 original, 2e-4 cosine)
     pretrained: str | None = None
@@ -170,10 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_int_in(1, None), default=120, help="total epochs (both loss rounds)")
     p.add_argument("--switch_epoch", type=_int_in(0, None), default=20,
                    help="first epoch with the Lovasz loss (BCE+dice before); Adam moments reset there")
-    p.add_argument("--batch_size", type=_int_in(1, None), default=32,
-                   help="GLOBAL batch, split over all devices (must divide evenly). The original used 10 on one "
-                        "GPU; 32 keeps accelerators busy and divides over 1, 2, 4, 8 or 16 devices, and sync "
-                        "BatchNorm sees the whole global batch")
+    p.add_argument("--batch_size", type=_int_in(1, None), default=10,
+                   help="GLOBAL batch, split over all devices (sync BatchNorm sees the whole global batch); the "
+                        "last partial batch of an epoch is kept, as in the original. A batch that does not "
+                        "divide over the devices is padded and the padding masked out of the loss and "
+                        "BatchNorm (wasted compute: on many devices prefer a multiple of their count)")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="initial learning rate (default 1e-4 for --recipe=original, 0.01 for cosine)")
     p.add_argument("--weight_decay", type=float, default=None,
