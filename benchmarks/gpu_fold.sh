@@ -15,6 +15,13 @@
 #   mkdir -p .data/tgs_salt && cp -r ../shared/tgs_salt/{train,train.csv,depths.csv} .data/tgs_salt/
 # (about 36 MB of the 64 MiB a call may carry), and name ".data" in every call's carry.
 # Comes back under $OUT: results.jsonl, metrics.jsonl, train.log.
+#
+# The original starts the encoder from ImageNet weights: set PRETRAINED=DIR (a converted
+# checkpoint, `python -m convert.torch_to_flax --arch se_resnext50_32x4d ...`) or pass
+# --pretrained=DIR as an argument. Without either, the encoder starts from random weights; the
+# script says so before training and the train_fold record's encoder_init is "random".
+# (A converted SE-ResNeXt-50 is ~100 MB, more than a device call may carry, so on the lent
+# machines the fold runs from random weights unless the checkpoint is already there.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -27,11 +34,22 @@ WORKDIR="${WORKDIR:-runs/gpu-fold-se${ENCODER}-f${FOLD}}"
 OUT="${OUT:-$WORKDIR/out}"
 mkdir -p "$WORKDIR" "$OUT"
 [ -f "$DATA/train.csv" ] || { echo "gpu_fold.sh: no $DATA/train.csv; carry the data (see the header)" >&2; exit 2; }
+PRETRAINED_ARGS=()
+if [ -n "${PRETRAINED:-}" ]; then
+  [ -f "$PRETRAINED/metadata.json" ] || { echo "gpu_fold.sh: PRETRAINED=$PRETRAINED holds no converted checkpoint (metadata.json)" >&2; exit 2; }
+  PRETRAINED_ARGS=(--pretrained="$PRETRAINED")
+  echo "gpu_fold.sh: encoder starts from ImageNet weights $PRETRAINED"
+elif printf '%s\n' "$@" | grep -q -- '^--pretrained'; then
+  echo "gpu_fold.sh: encoder starts from the ImageNet weights given by --pretrained"
+else
+  echo "gpu_fold.sh: NO PRETRAINED WEIGHTS: the encoder starts from RANDOM weights, not the original's ImageNet start" \
+       "(set PRETRAINED=DIR or pass --pretrained=DIR); expect a much lower val mAP"
+fi
 
 start=$(date +%s)
 timeout --signal=TERM --kill-after=30 "${FOLD_SLICE_S:-540}" \
   "$PY" train.py --encoder="$ENCODER" --fold="$FOLD" --data_dir="$DATA" --epochs="$EPOCHS" \
-  --workdir="$WORKDIR" --no_progress "$@" 2>&1 | tee -a "$WORKDIR/train.log"
+  --workdir="$WORKDIR" --no_progress ${PRETRAINED_ARGS[@]+"${PRETRAINED_ARGS[@]}"} "$@" 2>&1 | tee -a "$WORKDIR/train.log"
 rc=${PIPESTATUS[0]}
 # Wall time and slice count accumulate across calls (the gaps between calls are not counted).
 echo $(( $(date +%s) - start )) >>"$WORKDIR/slice_seconds"

@@ -483,9 +483,12 @@ def fold_record(workdir: Path, model: str, fold: int, wall_s: float, slices: int
     if not history:
         raise SystemExit(f"{workdir / 'metrics.jsonl'}: no epoch recorded")
     rates = [h["images_per_s"] for h in history if h.get("images_per_s")]
+    config = json.loads((workdir / "config.json").read_text()) if (workdir / "config.json").is_file() else {}
     _, device = _jax_device()
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "task": "train_fold", "framework": "jax", "device": device, "model": model, "fold": fold,
+            # The original starts from ImageNet weights; a random start is a different experiment.
+            "encoder_init": f"imagenet ({config['pretrained']})" if config.get("pretrained") else "random",
             "epochs": len(history), "val_map_best": max(h["val_map"] for h in history), "wall_s": wall_s,
             "slices": slices, "images_per_s": statistics.median(rates) if rates else None,
             "versions": package_versions()}
@@ -642,9 +645,10 @@ def render_table(records: list[dict[str, Any]]) -> str:
         lines += [f"| {r['device']} | {r['matmul_n']} | {r['tflops']:.3g} | {r['date'][:10]} |" for r in peaks]
     folds = [r for r in records if r.get("task") == "train_fold"]
     if folds:
-        lines += ["", "| device | model | fold | epochs | val mAP (best) | wall s | images/s | date |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['device']} | {r['model']} | {r.get('fold', '-')} | {r['epochs']} | {_fmt(r.get('val_map_best'), '.4f')} "
+        lines += ["", "| device | model | fold | encoder init | epochs | val mAP (best) | wall s | images/s | date |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['device']} | {r['model']} | {r.get('fold', '-')} | {r.get('encoder_init', 'unrecorded')} "
+                  f"| {r['epochs']} | {_fmt(r.get('val_map_best'), '.4f')} "
                   f"| {r['wall_s']:.0f} | {_fmt(r.get('images_per_s'), '.1f')} | {r['date'][:10]} |" for r in folds]
     devices = sorted({r["device"] for r in latest(records)})
     lines += [""] + [recommendation(records, d) for d in devices]

@@ -3,6 +3,8 @@
 Shapes follow docs/DESIGN.md: mask logits and masks are (N, 128, 128, 1) (a trailing channel of 1 is
 optional everywhere here), the salt/no-salt gate is a probability (N, 1). Every loss upcasts its
 inputs to at least float32 (bf16 activations are common on accelerators) and returns a 0-d array.
+An optional `valid` (N,) 0/1 vector drops padded images (added so a batch splits evenly over
+devices): the loss is then exactly the loss of the valid images alone.
 
 The Lovasz hinge follows Berman, Rannen Triki & Blaschko, "The Lovasz-Softmax loss" (CVPR 2018):
 errors e = 1 - logits * (2y - 1) are sorted in decreasing order and dotted with the gradient of the
@@ -35,6 +37,14 @@ def _flatten_images(x: jax.Array, name: str) -> jax.Array:
     if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] != 1):
         raise ValueError(f"{name} must be (N, H, W) or (N, H, W, 1), got shape {x.shape}")
     return x.reshape(x.shape[0], -1)
+
+
+def _mean_over_images(per_image: jax.Array, valid: jax.Array | None) -> jax.Array:
+    """Mean of (N,) per-image values over the valid images (all images when valid is None)."""
+    if valid is None:
+        return jnp.mean(per_image)
+    v = valid.astype(per_image.dtype)
+    return jnp.sum(per_image * v) / jnp.sum(v)
 
 
 def _lovasz_jaccard_weights(labels_sorted: jax.Array) -> jax.Array:
@@ -76,6 +86,7 @@ def lovasz_hinge(
     per_image: bool = True,
     variant: str = "elu+1",
     symmetric: bool = False,
+    valid: jax.Array | None = None,
 ) -> jax.Array:
     """Binary Lovasz hinge loss (Berman et al. 2018).
 
@@ -86,6 +97,7 @@ def lovasz_hinge(
         False = one Lovasz over all pixels of the batch.
       variant: "elu+1" uses elu(e) + 1 on the errors (the original solution), "relu" the standard hinge.
       symmetric: average with the loss of the flipped problem, (L(x, y) + L(-x, 1 - y)) / 2.
+      valid: (N,) 0/1, images to count (per_image only); None = all.
 
     Returns:
       0-d loss. For an empty mask the loss of that image is hinge(max error).
@@ -98,10 +110,12 @@ def lovasz_hinge(
     x = _flatten_images(logits, "logits").astype(dtype)
     y = _flatten_images(labels, "labels").astype(dtype)
     if not per_image:
+        if valid is not None:
+            raise ValueError("lovasz_hinge: valid needs per_image=True")
         x, y = x.reshape(1, -1), y.reshape(1, -1)
-    loss = jnp.mean(_lovasz_rows(x, y, variant))
+    loss = _mean_over_images(_lovasz_rows(x, y, variant), valid)
     if symmetric:
-        loss = 0.5 * (loss + jnp.mean(_lovasz_rows(-x, 1.0 - y, variant)))
+        loss = 0.5 * (loss + _mean_over_images(_lovasz_rows(-x, 1.0 - y, variant), valid))
     return loss
 
 
@@ -127,34 +141,42 @@ def _clamped_log(p: jax.Array) -> jax.Array:
     return jnp.where(positive, jnp.maximum(log_p, -100.0), -100.0)
 
 
-def bce_prob(probs: jax.Array, targets: jax.Array) -> jax.Array:
+def bce_prob(probs: jax.Array, targets: jax.Array, *, valid: jax.Array | None = None) -> jax.Array:
     """Mean binary cross-entropy of probabilities, logs clamped at -100 like torch's BCELoss.
 
-    probs in [0, 1], targets in [0, 1], any matching shapes. Returns a 0-d mean. Saturated
+    probs in [0, 1], targets in [0, 1], any matching shapes. Returns a 0-d mean (over the
+    elements of the valid images: `valid` (N,) 0/1 on the leading axis). Saturated
     probabilities (exactly 0 or 1, common after a float32 sigmoid) give a finite loss (100 per
     element) and a zero gradient through the clamped term.
     """
     dtype = _compute_dtype(probs)
     p, y = probs.astype(dtype), targets.astype(dtype)
-    return -jnp.mean(y * _clamped_log(p) + (1.0 - y) * _clamped_log(1.0 - p))
+    elements = -(y * _clamped_log(p) + (1.0 - y) * _clamped_log(1.0 - p))
+    if valid is None:
+        return jnp.mean(elements)
+    return _mean_over_images(jnp.mean(elements.reshape(elements.shape[0], -1), axis=-1), valid)
 
 
-def soft_dice(probs: jax.Array, targets: jax.Array, *, double_sigmoid: bool = False) -> jax.Array:
+def soft_dice(probs: jax.Array, targets: jax.Array, *, double_sigmoid: bool = False,
+              valid: jax.Array | None = None) -> jax.Array:
     """Batch-level soft dice loss with smoothing 1: 1 - (2 sum(p*y) + 1) / (sum p + sum y + 1).
 
-    probs: probabilities (any shape), targets: same shape. Sums run over the whole batch.
-    double_sigmoid=True reproduces the original solution's quirk of applying a sigmoid to the
-    (already sigmoided) probabilities inside its dice.
+    probs: probabilities (N, ...), targets: same shape. Sums run over the whole batch (the valid
+    images of it: `valid` (N,) 0/1). double_sigmoid=True reproduces the original solution's quirk
+    of applying a sigmoid to the (already sigmoided) probabilities inside its dice.
     """
     dtype = _compute_dtype(probs)
     p, y = probs.astype(dtype), targets.astype(dtype)
     if double_sigmoid:
         p = jax.nn.sigmoid(p)
+    if valid is not None:
+        v = valid.astype(dtype).reshape((-1,) + (1,) * (p.ndim - 1))
+        p, y = p * v, y * v
     return 1.0 - (2.0 * jnp.sum(p * y) + 1.0) / (jnp.sum(p) + jnp.sum(y) + 1.0)
 
 
 def seg_loss_bce_dice(
-    mask_logits: jax.Array, masks: jax.Array, *, double_sigmoid: bool = False
+    mask_logits: jax.Array, masks: jax.Array, *, double_sigmoid: bool = False, valid: jax.Array | None = None
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Warm-up segmentation loss: dice(sigmoid(logits)) + 0.2 * BCE(sigmoid(logits), mask).
 
@@ -162,8 +184,8 @@ def seg_loss_bce_dice(
     Returns (loss, {"dice", "bce"}).
     """
     probs = jax.nn.sigmoid(mask_logits.astype(_compute_dtype(mask_logits)))
-    dice = soft_dice(probs, masks, double_sigmoid=double_sigmoid)
-    bce = bce_prob(probs, masks)
+    dice = soft_dice(probs, masks, double_sigmoid=double_sigmoid, valid=valid)
+    bce = bce_prob(probs, masks, valid=valid)
     return dice + 0.2 * bce, {"dice": dice, "bce": bce}
 
 
@@ -184,6 +206,7 @@ def multi_loss(
     symmetric: bool = False,
     lovasz_variant: str = "elu+1",
     double_sigmoid: bool = False,
+    valid: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The original's gated loss: 0.1 * BCE(salt_prob, any salt) + seg.
 
@@ -200,6 +223,7 @@ def multi_loss(
         always comes from the whole mask, as in the original.
       symmetric, lovasz_variant: passed to lovasz_hinge.
       double_sigmoid: passed to soft_dice.
+      valid: (N,) 0/1, the images to count (padding = 0); None = all.
 
     Returns:
       (loss, aux) with aux = {"loss", "bce_cls", "seg", "dice", "bce", "lovasz", "use_lovasz"}; the
@@ -207,7 +231,7 @@ def multi_loss(
     """
     n = masks.shape[0]
     has_salt = jnp.any(masks.reshape(n, -1) > 0.5, axis=-1)
-    bce_cls = bce_prob(salt_prob.reshape(n), has_salt)
+    bce_cls = bce_prob(salt_prob.reshape(n), has_salt, valid=valid)
     if crop_101:
         mask_logits, masks = _crop_101(mask_logits), _crop_101(masks)
     dtype = _compute_dtype(mask_logits)
@@ -215,11 +239,12 @@ def multi_loss(
     zero = jnp.zeros((), dtype)
 
     def warmup_branch(logits: jax.Array, target: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        seg, parts = seg_loss_bce_dice(logits, target, double_sigmoid=double_sigmoid)
+        seg, parts = seg_loss_bce_dice(logits, target, double_sigmoid=double_sigmoid, valid=valid)
         return seg, {**parts, "lovasz": zero}
 
     def lovasz_branch(logits: jax.Array, target: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        lovasz = lovasz_hinge(logits, target, per_image=True, variant=lovasz_variant, symmetric=symmetric)
+        lovasz = lovasz_hinge(logits, target, per_image=True, variant=lovasz_variant, symmetric=symmetric,
+                              valid=valid)
         return lovasz, {"dice": zero, "bce": zero, "lovasz": lovasz}
 
     use_lovasz = jnp.asarray(use_lovasz, dtype=bool)

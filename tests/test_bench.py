@@ -102,3 +102,11 @@ def test_cli_writes_well_formed_lines_for_the_tiny_model_in_jax_and_torch(tmp_pa
     # (XLA also counts elementwise work; torch's counter only matmuls and convolutions).
     jax_flops, torch_flops = rows[0]["flops_per_image"], rows[1]["flops_per_image"]
     assert 0.8 < jax_flops / torch_flops < 1.25
+
+
+@pytest.mark.parametrize("pretrained, expected", [(None, "random"), ("/w/imagenet50", "imagenet (/w/imagenet50)")])
+def test_fold_record_says_how_the_encoder_started(tmp_path, pretrained, expected):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"val_map": 0.5, "images_per_s": 10.0}) + "\n")
+    (tmp_path / "config.json").write_text(json.dumps({"pretrained": pretrained}))
+    record = bench.fold_record(tmp_path, "50", 0, wall_s=1.0, slices=1)
+    assert record["encoder_init"] == expected

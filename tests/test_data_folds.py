@@ -1,7 +1,10 @@
-"""Mask types on hand-made masks, the stratified 5-fold split, the 1..9 px rule, folds CSVs."""
+"""Mask types on hand-made masks, the stratified 5-fold split, the 1..9 px rule, folds CSVs, and
+the original's fold assignment on the real training set."""
 
 from __future__ import annotations
 
+import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -102,28 +105,35 @@ def test_folds_stratified_balanced_and_deterministic():
     masks = mixed_masks(503)
     ids = [f"id{i}" for i in range(503)]
     folds = make_folds(ids, masks)
-    assert folds.shape == (503,) and set(folds.tolist()) == {0, 1, 2, 3, 4}
-    sizes = np.bincount(folds)
+    salt = masks.astype(bool).sum(axis=(1, 2))
+    tiny = (salt > 0) & (salt < 10)
+    assert tiny.any()
+    np.testing.assert_array_equal(folds == -1, tiny)  # the original's rule: tiny masks unused
+    assert folds.shape == (503,) and set(folds[~tiny].tolist()) == {0, 1, 2, 3, 4}
+    sizes = np.bincount(folds[~tiny])
     assert sizes.max() - sizes.min() <= 1
     types = mask_types(masks)
-    for t in np.unique(types):
-        per_fold = np.bincount(folds[types == t], minlength=5)
+    for t in np.unique(types[~tiny]):
+        per_fold = np.bincount(folds[(types == t) & ~tiny], minlength=5)
         assert per_fold.max() - per_fold.min() <= 1, (t, per_fold)
     np.testing.assert_array_equal(make_folds(ids, masks), folds)
     assert (make_folds(ids, masks, seed=7) != folds).any()
 
 
-def test_folds_follow_scikit_learn_validation_sets():
+def test_validate_tiny_rule_splits_every_id_as_scikit_learn():
     from sklearn.model_selection import StratifiedKFold
 
     masks = mixed_masks(100, seed=3)
-    folds = make_folds([str(i) for i in range(100)], masks, n_splits=4, seed=11)
+    folds = make_folds([str(i) for i in range(100)], masks, n_splits=4, seed=11, rule="validate_tiny")
     splitter = StratifiedKFold(n_splits=4, shuffle=True, random_state=11)
     for fold, (_, valid) in enumerate(splitter.split(np.zeros(100), mask_types(masks))):
         np.testing.assert_array_equal(np.flatnonzero(folds == fold), valid)
+    with pytest.raises(ValueError, match="fold rule 'other'"):
+        make_folds(["a"], masks[:1], rule="other")
 
 
 def test_tiny_masks_are_left_out_of_training_only():
+    """With user folds (or --fold_rule=validate_tiny) a tiny mask in another fold is not trained on."""
     masks = np.stack([blank(), first_k(1), first_k(9), first_k(10), first_k(5000), blank()])
     folds = np.array([0, 1, 0, 1, 0, 1])
     train, valid = split_indices(folds, masks, 0)
@@ -134,6 +144,15 @@ def test_tiny_masks_are_left_out_of_training_only():
     np.testing.assert_array_equal(valid, [1, 3, 5])
     with pytest.raises(ValueError, match="fold 2"):
         split_indices(folds, masks, 2)
+
+
+def test_unused_fold_is_in_neither_side():
+    masks = np.stack([blank(), first_k(3000), first_k(5000), first_k(20), blank()])
+    folds = np.array([0, -1, 1, -1, 1])
+    for fold in (0, 1):
+        train, valid = split_indices(folds, masks, fold)
+        assert not {1, 3} & (set(train.tolist()) | set(valid.tolist()))
+    np.testing.assert_array_equal(split_indices(folds, masks, 0)[0], [2, 4])
 
 
 def test_folds_csv_round_trip(tmp_path: Path):
@@ -157,8 +176,8 @@ IDS = ["a", "b", "c"]
 @pytest.mark.parametrize("text, message", [
     ("id,fold\na,0\nb,1\nc,1\nz,0\n", r"1 unknown id\(s\) .*: z"),
     ("id,fold\na,0\nb,1\n", r"no fold for 1 id\(s\): c"),
-    ("id,fold\na,0\nb,1\nc,5\n", r"line 4: fold 5 of id 'c' is outside 0\.\.4"),
-    ("id,fold\na,0\nb,-1\nc,1\n", r"fold -1 of id 'b' is outside"),
+    ("id,fold\na,0\nb,1\nc,5\n", r"line 4: fold 5 of id 'c' is outside -1\.\.4"),
+    ("id,fold\na,0\nb,-2\nc,1\n", r"fold -2 of id 'b' is outside -1\.\.4"),
     ("id,fold\na,0\nb,one\nc,1\n", r"line 3: fold 'one' of id 'b' is not an integer"),
     ("id,fold\na,0\na,1\nc,1\n", r"line 3: id 'a' appears more than once"),
     ("id,split\na,0\n", r"needs columns 'id' and 'fold'"),
@@ -176,5 +195,65 @@ def test_read_folds_csv_empty_fold_and_missing_file(tmp_path: Path):
     with pytest.raises(DataError, match=r"fold\(s\) \[2\] have no ids"):
         read_folds_csv(path, IDS, n_splits=3)
     np.testing.assert_array_equal(read_folds_csv(path, IDS, n_splits=2), [0, 1, 1])
+    path.write_text("id,fold\na,0\nb,-1\nc,1\n")  # -1: an id the user leaves out
+    np.testing.assert_array_equal(read_folds_csv(path, IDS, n_splits=2), [0, -1, 1])
     with pytest.raises(DataError, match="missing folds CSV"):
         read_folds_csv(tmp_path / "absent.csv", IDS)
+
+
+# ------------------------------------------------------------------ the original's folds, real data
+
+
+def _original_mask_type(mask: np.ndarray) -> int:
+    """The original's mask type (torch_training/functions.py, get_mask_type), written here from
+    its description, one mask at a time: salt counted as > 0.5; the ring test compares the salt
+    count with the salt inside a 10-px frame; "vertical" = every row equals the first."""
+    salt = mask > 0.5
+    cover = int(salt.sum())
+    if cover < 8:
+        return 0
+    frame = np.ones(mask.shape, bool)
+    frame[10:-10, 10:-10] = False
+    if cover == int((salt & frame).sum()):
+        return 1
+    if all(np.array_equal(row, mask[0]) for row in mask):
+        return 2
+    fraction = cover / mask.size
+    for kind, edge in zip((3, 4, 5, 6), (0.15, 0.25, 0.50, 0.75)):
+        if fraction < edge:
+            return kind
+    return 7
+
+
+@pytest.mark.realdata
+@pytest.mark.timeout(300)
+def test_make_folds_reproduces_the_originals_assignment_on_the_real_ids():
+    """The original (torch_training/main_albunet_gated.py): ids in train.csv order; masks read
+    from the PNGs (> 128 is salt); ids with 1..9 salt pixels removed from the list; the rest split
+    by StratifiedKFold(5, shuffle=True, random_state=42) over (list, mask types). Re-run here from
+    the files, independently of salt_jax's reader and mask-type code; every kept id must get the
+    original's validation fold and every removed id fold -1."""
+    from PIL import Image
+    from sklearn.model_selection import StratifiedKFold
+
+    from salt_jax.data import load_train
+
+    root = os.environ.get("TGS_SALT_DIR")
+    if not root or not Path(root, "train.csv").is_file():
+        pytest.skip("set TGS_SALT_DIR to the real TGS Salt data")
+    with open(Path(root, "train.csv"), newline="") as f:
+        file_list = [row["id"] for row in csv.DictReader(f)]
+    masks = {i: np.asarray(Image.open(Path(root, "train", "masks", f"{i}.png")).convert("L")) > 128
+             for i in file_list}
+    removed = {i for i in file_list if 0 < masks[i].sum() < 10}
+    kept = [i for i in file_list if i not in removed]
+    classes = [_original_mask_type(masks[i].astype(np.float64)) for i in kept]
+    expected = dict.fromkeys(removed, -1)
+    for fold, (_, val) in enumerate(StratifiedKFold(5, shuffle=True, random_state=42).split(kept, classes)):
+        expected.update({kept[j]: fold for j in val})
+
+    train = load_train(root)
+    folds = make_folds(train.ids, train.masks)
+    assert list(train.ids) == file_list
+    assert 30 <= len(removed) <= 60  # 43 of the full 4,000; the set here has 3,602 ids
+    assert dict(zip(train.ids, folds.tolist())) == expected

@@ -60,6 +60,18 @@ def _tiny_unet(seed: int, constant_prob: float | None = None) -> nnx.Module:
     return model
 
 
+def _straddling(model: nnx.Module, images: np.ndarray) -> nnx.Module:
+    """`model` with its final bias shifted so that its median pixel of `images` sits at p = 0.5.
+
+    Random weights (PyTorch's initialisation) can put every pixel on one side of 0.5; the bias
+    adds to every logit after the gate, so the shift splits the predictions into salt and no salt.
+    """
+    eval_view = nnx.view(model, use_running_average=True, raise_if_not_found=False)  # shares the bias
+    probs = predict.predict_probs(eval_view, images, batch_size=2, tta="none", progress=False)
+    model.final.bias[...] = model.final.bias[...] - _logit(float(np.median(probs)))
+    return model
+
+
 def _make_run(root: Path, model: nnx.Module, *, fold: int | None = None, folds: np.ndarray | None = None,
               train_ids=None, masks=None, **config) -> Path:
     """A training-run directory: best/ checkpoint, config.json and (with a fold) folds.csv."""
@@ -106,7 +118,7 @@ def world(tmp_path_factory):
     folds = np.array([0, 0, 0, 1, 2, 3, 4])  # every fold needs an id
     fold_kw = dict(folds=folds, train_ids=train_ids, masks=masks)
     runs = {
-        "random": _make_run(root / "random", _tiny_unet(1)),
+        "random": _make_run(root / "random", _straddling(_tiny_unet(1), load_test(data).images)),
         "high": _make_run(root / "high", _tiny_unet(2, P_HIGH), fold=0, **fold_kw),
         "low": _make_run(root / "low", _tiny_unet(3, P_LOW), fold=0, **fold_kw),
         "low_fold1": _make_run(root / "low_fold1", _tiny_unet(3, P_LOW), fold=1, **fold_kw),

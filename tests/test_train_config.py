@@ -15,7 +15,7 @@ def test_encoder_aliases_and_default_workdir():
     # forgetting --data_dir once never resumes a real-data run with synthetic data.
     assert cfg.workdir == "runs/synthetic-se_resnext101_32x4d-fold2"
     assert parse_args(["--encoder=101", "--fold=2", "--data_dir=/d"]).workdir == "runs/se_resnext101_32x4d-fold2"
-    assert cfg.epochs == 120 and cfg.switch_epoch == 20 and cfg.batch_size == 32 and cfg.lr == 1e-4
+    assert cfg.epochs == 120 and cfg.switch_epoch == 20 and cfg.batch_size == 10 and cfg.lr == 1e-4
     assert parse_args(["--encoder", "se_resnext50_32x4d"]).arch == "unet_se_resnext50_32x4d"
 
 
@@ -23,6 +23,14 @@ def test_recipe_defaults():
     cosine = parse_args(["--recipe=cosine"])
     assert cosine.lr == 0.01 and cosine.resolved_weight_decay() == 2e-4
     assert parse_args([]).resolved_weight_decay() == 1e-4
+
+
+def test_original_recipe_options_default_to_the_original():
+    cfg = parse_args([])
+    assert cfg.fold_rule == "original" and not cfg.original_dice
+    cfg = parse_args(["--original_dice", "--fold_rule=validate_tiny"])
+    assert cfg.original_dice and cfg.fold_rule == "validate_tiny"
+    assert {"original_dice", "fold_rule"} <= set(cfg.identity())  # a resume may not change them
 
 
 def test_demo_keeps_explicit_flags():
@@ -47,6 +55,7 @@ def test_augmentation_is_on_unless_switched_off():
     (["--dtype=float16"], "invalid choice"),
     (["--batch_size=0"], "out of range"),
     (["--seed=-1"], "--seed: -1 out of range"),
+    (["--fold_rule=all"], "invalid choice"),
 ])
 def test_bad_flags_exit_with_a_message(argv, needle, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -160,11 +160,32 @@ def one_device_params(data_dir, tmp_path_factory):
     return params_of(run(tiny(data_dir, tmp_path_factory.mktemp("one") / "w", epochs=1, recipe="cosine")))
 
 
+def _initial_params() -> list[np.ndarray]:
+    """The parameters every run here starts from: training's init_module build of seed 0."""
+    from salt_jax.models.initialize import init_module
+    from salt_jax.models.unet import SaltUNet
+
+    model = init_module(lambda rngs: SaltUNet("tiny", rngs=rngs), 0)
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.split(model, nnx.Param, ...)[1])]
+
+
 def _assert_same_params(one, out):
+    """The parameter updates (final - initial) of the 4 steps agree to 5e-2 in relative L2.
+
+    float32 gradients of this net differ by ~1e-3 (relative L2) between 1 and 2 devices from the
+    reduction order alone, and the differences add up over steps: measured 1.1e-3, 2.6e-3,
+    4.0e-3, 5.0e-3 after steps 1..4 on random images, 2.0e-2 after the 4 steps here (updates of
+    ~2e-5 per parameter, so elementwise tolerances sit at the edge of the noise). A wrong
+    sharding or BN statistics over part of the batch change the whole update (~100% for
+    unmasked padding, tests/test_padding_mask.py).
+    """
     two = np.load(out)
-    assert len(one) == len(two.files)
-    for i, a in enumerate(one):
-        np.testing.assert_allclose(a, two[f"arr_{i}"], rtol=1e-4, atol=1e-5, err_msg=f"leaf {i}")
+    start = _initial_params()
+    assert len(one) == len(two.files) == len(start)
+    mine = np.concatenate([(a - s).ravel() for a, s in zip(one, start)])
+    theirs = np.concatenate([(two[f"arr_{i}"] - s).ravel() for i, s in enumerate(start)])
+    relative = np.linalg.norm(theirs - mine) / np.linalg.norm(mine)
+    assert relative < 5e-2, relative
 
 
 @pytest.mark.slow

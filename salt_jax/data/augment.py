@@ -1,18 +1,18 @@
 """On-device training augmentation, in JAX, batched with vmap and keyed by PRNG.
 
-The original solution augmented with albumentations (2018) after padding 101 -> 128:
+The original solution augmented with albumentations (2018) after padding 101 -> 128
+(torch_dataset/dataset_prep.py; docs/ORIGINAL.md, Augmentation):
 
     Compose(p=0.8)[ HorizontalFlip(p=.5),
-                    OneOf[ShiftScaleRotate(.0625, .1, 45), RandomSizedCrop((50, 101), 128, 128),
-                          ElasticTransform(alpha=120, sigma=6, alpha_affine=3.6)],
-                    OneOf[GridDistortion(5, .3), RandomBrightness(.2), RandomGamma((80, 120)),
-                          Blur(5)] ]
+                    OneOf(p=1)[ShiftScaleRotate(.0625, .1, 45), RandomSizedCrop((50, 101), 128, 128),
+                               ElasticTransform(alpha=120, sigma=6, alpha_affine=3.6)],
+                    OneOf(p=1)[GridDistortion(5, .3), RandomBrightness(.2), RandomGamma((80, 120)),
+                               RandomBrightness(.2), Blur(5)] ]
 
-Our reading of the albumentations (0.1.x) semantics, documented here because they fix the
-op frequencies: `OneOf` draws one child with probability proportional to the children's `p`
-(all default, so uniform) and then applies it unconditionally; we take each OneOf to be
-applied always (its own p = 1, as SPEC.md says "then one of"). Hence, per image: chain 0.8,
-flip 0.4, each geometric op 0.8/3, each of the four second-stage ops 0.8/4.
+albumentations' (0.1.x) `OneOf` draws one child with probability proportional to the children's
+`p` (all 0.25 there, so uniform over the list) and applies it unconditionally. The second list
+names RandomBrightness twice, so per image: chain 0.8, flip 0.4, each geometric op 0.8/3,
+brightness 0.8*2/5, and each of grid distortion, gamma and blur 0.8/5.
 
 Design: every geometric step (flip, the chosen geometric op, grid distortion) is a map from
 output pixel coordinates to source coordinates. We compose the maps into ONE coordinate field
@@ -51,8 +51,10 @@ GEO_OPS = ("none", "shift_scale_rotate", "random_sized_crop", "elastic")
 PHOTO_OPS = ("none", "grid_distortion", "brightness", "gamma", "blur")
 _SSR, _CROP, _ELASTIC = 1, 2, 3
 _GRID, _BRIGHT, _GAMMA, _BLUR = 1, 2, 3, 4
+# The original's second OneOf list, in its order: RandomBrightness appears twice.
+_PHOTO_LIST = (_GRID, _BRIGHT, _GAMMA, _BRIGHT, _BLUR)
 
-# Parameters of the original recipe (SPEC.md, Training).
+# Parameters of the original recipe (docs/ORIGINAL.md, Augmentation).
 CHAIN_P = 0.8
 FLIP_P = 0.5
 SHIFT_LIMIT, SCALE_LIMIT, ROTATE_LIMIT = 0.0625, 0.1, 45.0
@@ -111,7 +113,7 @@ def _ops_one(key: jax.Array, p: float) -> dict:
     chain = u[0] < p
     flip = chain & (u[1] < FLIP_P)
     geo = _randint(u[2], 1, len(GEO_OPS) - 1)
-    photo = _randint(u[3], 1, len(PHOTO_OPS) - 1)
+    photo = jnp.asarray(_PHOTO_LIST, jnp.int32)[_randint(u[3], 0, len(_PHOTO_LIST) - 1)]
     zero = jnp.zeros((), jnp.int32)
     return {
         "chain": chain.astype(jnp.int32),
@@ -122,8 +124,13 @@ def _ops_one(key: jax.Array, p: float) -> dict:
 
 
 def _split_image_keys(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
-    """Per-image (ops key, params key): one key per image, then split in two."""
-    both = jax.vmap(jax.random.split)(jax.random.split(key, n))
+    """Per-image (ops key, params key): image i's key is fold_in(key, i), then split in two.
+
+    Folding in the position (rather than splitting the key n ways) makes image i's augmentation
+    independent of the batch size, so a batch padded for sharding augments its real images
+    exactly as the unpadded batch would.
+    """
+    both = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(key, i)))(jnp.arange(n))
     return both[:, 0], both[:, 1]
 
 

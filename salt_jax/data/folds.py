@@ -9,13 +9,18 @@ this order (so overlapping cases have one answer):
        (every pixel salt) satisfies this and is therefore type 2.
     3..7  salt coverage (salt pixels / 10201) < 0.15, < 0.25, < 0.5, < 0.75, otherwise
 
-Folds: scikit-learn `StratifiedKFold(n_splits, shuffle=True, random_state=seed)` over the ids in
-train.csv order, stratified by mask type; `folds[i]` is the fold in which id i is validated.
+Folds (`make_folds`), two rules; `folds[i]` is the fold in which id i is validated, -1 = never
+used (neither trained nor validated on):
 
-Tiny masks: the original drops masks with 1..9 salt pixels from training. Here they still get
-a fold (so a folds file covers every id and the split does not depend on the rule), and
-`split_indices` leaves them out of the training side only: validation keeps them, so the
-validation score is measured on the same kind of images the test set holds.
+    "original" (default) the original's (docs/ORIGINAL.md, Folds): ids whose mask has 1..9 salt
+               pixels get fold -1; the remaining ids, in train.csv order, are split by
+               scikit-learn `StratifiedKFold(n_splits, shuffle=True, random_state=seed)`
+               stratified by mask type. scikit-learn releases before 0.22 may allocate the
+               stratified folds differently; the installed one reproduces the original's split.
+    "validate_tiny"    every id is split (the tiny masks included) and `split_indices` keeps the
+               tiny masks out of training only: validation then also scores the few tiny masks,
+               as the test set holds them. Not the original's folds: drawn over other ids, they
+               agree with the original's for 20% of the 3,602 ids of the Kaggle set.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ from salt_jax.data.rle import DataError
 from salt_jax.fileio import atomic_write
 
 __all__ = ["mask_type", "mask_types", "make_folds", "split_indices", "write_folds_csv",
-           "read_folds_csv", "MIN_TRAIN_SALT_PX"]
+           "read_folds_csv", "MIN_TRAIN_SALT_PX", "FOLD_RULES", "UNUSED"]
 
 BORDER = 10
 MIN_TYPED_SALT_PX = 8  # below this a mask is type 0
 MIN_TRAIN_SALT_PX = 10  # non-empty masks with fewer salt pixels are not trained on
 COVERAGE_EDGES = (0.15, 0.25, 0.5, 0.75)  # types 3..7
+FOLD_RULES = ("original", "validate_tiny")
+UNUSED = -1  # the fold of an id used neither for training nor for validation
 
 
 def mask_types(masks: np.ndarray) -> np.ndarray:
@@ -68,30 +75,42 @@ def mask_type(mask: np.ndarray) -> int:
 
 
 def make_folds(ids: Sequence[str], masks: np.ndarray, n_splits: int = 5,
-               seed: int = 42) -> np.ndarray:
-    """The validation fold (0..n_splits-1) of each id, stratified by mask type.
+               seed: int = 42, rule: str = "original") -> np.ndarray:
+    """The validation fold (0..n_splits-1, or UNUSED) of each id, stratified by mask type.
 
     Args:
         ids: N ids in train.csv order (only their count and order matter).
         masks: (N, H, W) binary masks aligned with `ids`.
+        rule: one of FOLD_RULES (module docstring).
     Returns:
         int64 (N,) folds.
     """
+    if rule not in FOLD_RULES:
+        raise ValueError(f"fold rule {rule!r}: expected one of {FOLD_RULES}")
     types = mask_types(masks)
     if len(ids) != len(types):
         raise ValueError(f"{len(ids)} ids but {len(types)} masks")
-    folds = np.full(len(types), -1, np.int64)
+    folds = np.full(len(types), UNUSED, np.int64)
+    kept = ~_tiny(masks) if rule == "original" else np.ones(len(types), bool)
+    positions = np.flatnonzero(kept)  # train.csv order, as the original's filtered id list
     splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    for fold, (_, valid) in enumerate(splitter.split(np.zeros((len(types), 1)), types)):
-        folds[valid] = fold
+    for fold, (_, valid) in enumerate(splitter.split(np.zeros((len(positions), 1)), types[positions])):
+        folds[positions[valid]] = fold
     return folds
+
+
+def _tiny(masks: np.ndarray) -> np.ndarray:
+    """Masks with 1..MIN_TRAIN_SALT_PX-1 salt pixels (the original never trains on them)."""
+    salt = (np.asarray(masks) != 0).sum(axis=(1, 2))
+    return (salt > 0) & (salt < MIN_TRAIN_SALT_PX)
 
 
 def split_indices(folds: np.ndarray, masks: np.ndarray, fold: int) -> tuple[np.ndarray, np.ndarray]:
     """Training and validation indices for `fold`.
 
-    Training: ids of the other folds, minus masks with 1..MIN_TRAIN_SALT_PX-1 salt pixels.
-    Validation: every id of `fold`.
+    Training: ids of the other folds (not UNUSED), minus masks with 1..MIN_TRAIN_SALT_PX-1 salt
+    pixels (already UNUSED under the original rule; this matters for "validate_tiny" and for
+    user folds files). Validation: every id of `fold`.
 
     Returns:
         (train_idx, valid_idx), int64 index arrays in ascending order.
@@ -99,9 +118,8 @@ def split_indices(folds: np.ndarray, masks: np.ndarray, fold: int) -> tuple[np.n
     folds = np.asarray(folds)
     if not 0 <= fold <= folds.max(initial=-1):
         raise ValueError(f"fold {fold} is not among the folds 0..{folds.max(initial=-1)}")
-    salt = (np.asarray(masks) != 0).sum(axis=(1, 2))
-    tiny = (salt > 0) & (salt < MIN_TRAIN_SALT_PX)
-    return np.flatnonzero((folds != fold) & ~tiny), np.flatnonzero(folds == fold)
+    train = (folds != fold) & (folds != UNUSED) & ~_tiny(masks)
+    return np.flatnonzero(train), np.flatnonzero(folds == fold)
 
 
 def write_folds_csv(path: str | os.PathLike, ids: Sequence[str], folds: np.ndarray,
@@ -119,10 +137,11 @@ def write_folds_csv(path: str | os.PathLike, ids: Sequence[str], folds: np.ndarr
 def read_folds_csv(path: str | os.PathLike, ids: Sequence[str], *, n_splits: int = 5) -> np.ndarray:
     """Folds for `ids` (in that order) from a CSV with columns `id` and `fold`.
 
-    Any other column (e.g. mask_type) is ignored, so a user may supply their own split.
+    Any other column (e.g. mask_type) is ignored, so a user may supply their own split. Fold -1
+    (UNUSED) keeps an id out of both training and validation.
     Raises:
         DataError: missing file or column, duplicate id, an id not in `ids`, an id of `ids`
-            missing from the file, a fold that is not an integer in 0..n_splits-1, or a fold
+            missing from the file, a fold that is not an integer in -1..n_splits-1, or a fold
             with no ids.
     """
     path = Path(path)
@@ -164,7 +183,7 @@ def _row_fold(row: dict[str, str], n_splits: int, path: Path, line: int) -> int:
     if not (text.isascii() and text.lstrip("-").isdigit()):
         raise DataError(f"{path}, line {line}: fold {text!r} of id {row.get('id')!r} is not an integer")
     fold = int(text)
-    if not 0 <= fold < n_splits:
+    if not UNUSED <= fold < n_splits:
         raise DataError(f"{path}, line {line}: fold {fold} of id {row.get('id')!r} is outside "
-                        f"0..{n_splits - 1}")
+                        f"{UNUSED}..{n_splits - 1} ({UNUSED}: unused)")
     return fold

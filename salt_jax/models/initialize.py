@@ -1,62 +1,79 @@
-"""Random initialisation on the host, without compiling an initialiser per parameter shape.
+"""Random initialisation on the host with PyTorch's default initialisers, compiled nowhere.
 
-Building an NNX module eagerly runs each parameter's initialiser as its own XLA program, and
-XLA compiles one per distinct shape: on a 2-core CPU that took 30 s for the tiny UNet and
-minutes for the SE-ResNeXt-101 one (`nnx.jit` of the constructor compiles one huge program
-instead, no faster). `init_module` builds the module abstractly (`nnx.eval_shape`, no
-memory, no compile) and fills every variable with numpy, following Flax's default
-initialisers for the layers used here:
-  kernel     truncated normal (+-2 std), std = 1 / sqrt(fan_in), fan_in = prod(shape[:-1])
-             (Flax's `lecun_normal`, the default of nnx.Conv, nnx.Linear, nnx.ConvTranspose
-             and of our GroupedConv)
-  bias       zeros
-  scale      ones (BatchNorm gamma)
-  mean, var  zeros, ones (BatchNorm running statistics)
-The values are a deterministic function of `seed`, not equal to what `rngs=nnx.Rngs(seed)`
-would draw.
+The original builds every layer outside the pretrained encoder with PyTorch's defaults
+(docs/ORIGINAL.md, Training), and Cadene's SENet (the encoder, when it starts from random
+weights) adds no initialisation of its own. `init_module` reproduces those defaults, per layer
+type, for every layer of the module:
+
+  Conv2d, Linear, grouped conv   weight ~ U(-b, b), b = 1 / sqrt(fan_in)  (kaiming_uniform with
+                                 a = sqrt(5)); bias ~ U(-b, b) with the same b
+  ConvTranspose2d                the same, but torch's fan_in of its (in, out/groups, kh, kw)
+                                 weight is out/groups * kh * kw (torch computes fan_in from
+                                 weight dim 1)
+  BatchNorm                      scale 1, bias 0, running mean 0, running var 1
+
+fan_in is read from the layer's own attributes (not from the kernel's shape, whose layout
+differs between conv and transposed conv), and a variable of any other layer type is an error
+naming it, so a new layer cannot be silently initialised by the wrong rule.
+
+Why host-side: building an NNX module eagerly runs each parameter's initialiser as its own XLA
+program, and XLA compiles one per distinct shape: on a 2-core CPU that took 30 s for the tiny
+UNet and minutes for the SE-ResNeXt-101 one (`nnx.jit` of the constructor compiles one huge
+program instead, no faster). `init_module` builds the module abstractly (`nnx.eval_shape`, no
+memory, no compile) and fills every variable with numpy. The values are a deterministic function
+of `seed`. A module built directly with `rngs=` keeps Flax's own initialisers (lecun-normal
+kernels, zero biases): models.io and training build through `init_module`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# Flax's truncated normal divides by the std of a unit normal truncated to [-2, 2].
-_TRUNCATED_STD = 0.87962566103423978
+from salt_jax.models.layers import BatchNorm, GroupedConv
 
 
-def _truncated_normal(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.ndarray:
-    x = rng.standard_normal(shape)
-    bad = np.abs(x) > 2
-    while bad.any():  # resample the tails; a few rounds at most
-        x[bad] = rng.standard_normal(int(bad.sum()))
-        bad = np.abs(x) > 2
-    return (x * (std / _TRUNCATED_STD)).astype(np.float32)
+def torch_fan_in(module: nnx.Module) -> int:
+    """fan_in of the PyTorch layer `module` stands for (torch.nn.init._calculate_fan_in_and_fan_out)."""
+    if isinstance(module, nnx.ConvTranspose):
+        return module.out_features * math.prod(module.kernel_size)
+    if isinstance(module, nnx.Conv):
+        return module.in_features // module.feature_group_count * math.prod(module.kernel_size)
+    if isinstance(module, nnx.Linear):
+        return module.in_features
+    if isinstance(module, GroupedConv):  # kernel (k, k, in/groups, out)
+        return math.prod(module.kernel.shape[:-1])
+    raise TypeError(f"no PyTorch fan_in rule for {type(module).__name__}")
 
 
-def _initial_value(name: str, shape: tuple[int, ...], dtype, rng: np.random.Generator) -> np.ndarray:
-    if name == "kernel":
-        fan_in = int(np.prod(shape[:-1]))
-        return _truncated_normal(rng, shape, 1.0 / np.sqrt(fan_in)).astype(dtype)
-    if name in ("bias", "mean"):
-        return np.zeros(shape, dtype)
-    if name in ("scale", "var"):
-        return np.ones(shape, dtype)
-    raise ValueError(f"init_module: no initial value rule for a variable named {name!r} {shape}")
+_BATCHNORM = {"scale": 1.0, "bias": 0.0, "mean": 0.0, "var": 1.0}
+
+
+def _initial_value(module: nnx.Module, name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    if isinstance(module, BatchNorm) and name in _BATCHNORM:
+        return np.full(shape, _BATCHNORM[name], np.float32)
+    if name in ("kernel", "bias"):
+        bound = 1.0 / math.sqrt(torch_fan_in(module))
+        return rng.uniform(-bound, bound, shape).astype(np.float32)
+    raise TypeError(f"no PyTorch default for a variable {name!r} of {type(module).__name__}")
 
 
 def init_module(make: Callable[[nnx.Rngs], nnx.Module], seed: int = 0) -> nnx.Module:
-    """`make(rngs)` builds the module; returns it with host-initialised variables (see module doc)."""
+    """`make(rngs)` builds the module; returns it with PyTorch-default variables (see module doc)."""
     abstract = nnx.eval_shape(lambda: make(nnx.Rngs(seed)))
+    modules = {path: node for path, node in nnx.iter_graph(abstract) if isinstance(node, nnx.Module)}
     graphdef, state = nnx.split(abstract)
     rng = np.random.default_rng(seed)
-    flat = nnx.to_flat_state(state)
     values = []
-    for path, var in flat:
-        spec = var.get_value() if hasattr(var, "get_value") else var.value
-        value = _initial_value(str(path[-1]), tuple(spec.shape), spec.dtype, rng)
-        values.append((path, var.replace(jnp.asarray(value))))
+    for path, var in nnx.to_flat_state(state):
+        spec = var.get_value()
+        try:
+            value = _initial_value(modules[path[:-1]], str(path[-1]), tuple(spec.shape), rng)
+        except TypeError as err:
+            raise ValueError(f"init_module: {'.'.join(map(str, path))}: {err}") from None
+        values.append((path, var.replace(jnp.asarray(value.astype(spec.dtype)))))
     return nnx.merge(graphdef, nnx.from_flat_state(values))

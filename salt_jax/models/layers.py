@@ -4,7 +4,7 @@ Every layer here exists because the Flax default differs from PyTorch in a way t
 changes the numbers of a converted network:
 - `BatchNorm` updates its running variance with the *unbiased* batch variance (as torch
   does; Flax uses the biased one) and keeps its statistics in float32 whatever the
-  compute dtype.
+  compute dtype. Inside `example_weights(valid)` its batch statistics ignore padded examples.
 - `conv` takes PyTorch's symmetric integer padding; 'SAME' pads (2, 3) or (0, 1) on even
   sizes and would shift every output by half a pixel.
 - `GroupedConv` is the one place the grouped 3x3 convolution is computed, so its
@@ -14,6 +14,8 @@ changes the numbers of a converted network:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 import jax
@@ -48,12 +50,34 @@ def conv(
     )
 
 
+_EXAMPLE_WEIGHTS: contextvars.ContextVar = contextvars.ContextVar("batchnorm_example_weights", default=None)
+
+
+@contextlib.contextmanager
+def example_weights(valid: Array):
+    """Train-mode BatchNorm calls inside count only the examples with valid[i] = 1.
+
+    valid: (N,) 0/1 per example of the batch (0 = padding added so the batch splits evenly over
+    devices). The batch statistics, and hence the running statistics, are then those of the
+    valid examples alone; padded examples are still normalised (with those statistics), and a
+    loss that ignores them gives them no gradient. A context rather than an argument, so the
+    model's layers need not thread it through; it is read while tracing, so use it inside the
+    jitted function around the model call.
+    """
+    token = _EXAMPLE_WEIGHTS.set(valid)
+    try:
+        yield
+    finally:
+        _EXAMPLE_WEIGHTS.reset(token)
+
+
 class BatchNorm(nnx.Module):
     """`torch.nn.BatchNorm2d` over the channel (last) axis of NHWC input.
 
     Train mode normalises with the batch statistics over (N, H, W) and updates
     `running = (1 - momentum) * running + momentum * batch`, the variance term unbiased.
     Under `jit` with a batch-sharded input the reductions are over the global batch (sync BN).
+    Inside `example_weights(valid)` the statistics are over the valid examples only.
     Statistics and the normalisation are computed in float32; the output has the input dtype.
     """
 
@@ -85,12 +109,8 @@ class BatchNorm(nnx.Module):
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
-            x32 = x.astype(jnp.float32)
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x32, axis=axes)
-            var = jnp.mean(jnp.square(x32 - mean), axis=axes)
-            n = x.size // x.shape[-1]
-            unbiased = var * (n / max(n - 1, 1))
+            mean, var, n = _batch_moments(x.astype(jnp.float32), _EXAMPLE_WEIGHTS.get())
+            unbiased = var * (n / max(n - 1, 1) if isinstance(n, int) else n / jnp.maximum(n - 1, 1))
             m = self.momentum
             self.mean[...] = (1 - m) * self.mean[...] + m * mean
             self.var[...] = (1 - m) * self.var[...] + m * unbiased
@@ -100,6 +120,20 @@ class BatchNorm(nnx.Module):
         if x.dtype == jnp.float32:
             return x * inv + shift
         return (x.astype(jnp.float32) * inv + shift).astype(x.dtype)
+
+
+def _batch_moments(x: Array, valid: Array | None) -> tuple[Array, Array, int | Array]:
+    """Per-channel mean and biased variance of x (N, ..., C) over the valid examples, and the
+    number of values per channel they count (a Python int without `valid`)."""
+    axes = tuple(range(x.ndim - 1))
+    per_example = x.size // (x.shape[0] * x.shape[-1])
+    if valid is None:
+        mean = jnp.mean(x, axis=axes)
+        return mean, jnp.mean(jnp.square(x - mean), axis=axes), x.shape[0] * per_example
+    w = valid.astype(jnp.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+    n = jnp.sum(valid.astype(jnp.float32)) * per_example
+    mean = jnp.sum(x * w, axis=axes) / n
+    return mean, jnp.sum(jnp.square(x - mean) * w, axis=axes) / n, n
 
 
 GROUPED_IMPLS = ("native", "dense")

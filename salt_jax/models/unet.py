@@ -1,4 +1,4 @@
-"""SaltUNet: the original's gated hypercolumn UNet on an SE-ResNeXt encoder (SPEC.md, Model).
+"""SaltUNet: the original's gated hypercolumn UNet on an SE-ResNeXt encoder (docs/ORIGINAL.md, Model).
 
 Input x: (N, 128, 128, 3) float32 in [0, 1]. Output: (mask_logits (N, 128, 128, 1),
 salt_prob (N, 1)), both float32. Shapes below are for the SE-ResNeXt widths (channels@side):

@@ -14,6 +14,8 @@ import json
 import sys
 from typing import Sequence
 
+from salt_jax.data.folds import FOLD_RULES
+
 ENCODER_ALIASES = {
     "50": "se_resnext50_32x4d",
     "101": "se_resnext101_32x4d",
@@ -28,7 +30,7 @@ N_FOLDS = 5
 # Fields that define the experiment: resuming a workdir with a different value would silently
 # mix two runs, so the loop refuses. (epochs may grow on resume; lr/patience only steer it.)
 IDENTITY_FIELDS = ("encoder", "fold", "seed", "recipe", "batch_size", "switch_epoch", "cycle_epochs",
-                   "symmetric_lovasz", "augment", "finetune_from")
+                   "symmetric_lovasz", "augment", "finetune_from", "fold_rule", "original_dice")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +43,7 @@ class TrainConfig:
     workdir: str | None = None  # None: default_workdir(encoder, fold, data_dir)
     epochs: int = 120
     switch_epoch: int = 20
-    batch_size: int = 32
+    batch_size: int = 10
     lr: float = 1e-4
     weight_decay: float | None = None  # None: the recipe's (1e-4 original, 2e-4 cosine)
     pretrained: str | None = None
@@ -49,11 +51,13 @@ class TrainConfig:
     dtype: str | None = None  # None: bfloat16 on accelerators, float32 on CPU
     seed: int = 0
     folds_csv: str | None = None
+    fold_rule: str = "original"
     recipe: str = "original"
     cycle_epochs: int = 50
     min_lr: float = 1e-3  # cosine recipe: end of each cycle
     symmetric_lovasz: bool = False
     augment: bool = True  # False: train on the padded images as they are (debugging, parity tests)
+    original_dice: bool = False
     plateau_patience: int = 10
     plateau_factor: float = 0.5
     demo: bool = False
@@ -94,6 +98,8 @@ class TrainConfig:
             problems.append(f"batch_size={self.batch_size}: expected >= 1")
         if not self.lr > 0:
             problems.append(f"lr={self.lr}: expected > 0")
+        if self.fold_rule not in FOLD_RULES:
+            problems.append(f"fold_rule={self.fold_rule!r}: expected one of {FOLD_RULES}")
         if self.recipe not in RECIPES:
             problems.append(f"recipe={self.recipe!r}: expected one of {RECIPES}")
         if self.cycle_epochs < 1:
@@ -117,10 +123,11 @@ def demo_config(**overrides) -> TrainConfig:
     """`--demo`: tiny encoder on the synthetic set, a few epochs with an early loss switch.
 
     Sized for a 2-core CPU, where the tiny UNet trains at ~6 images/s: 3 epochs over the
-    ~380 training images of fold 0 keep the whole `make demo` (data generation, compile,
-    training, pictures) under 5 minutes.
+    378 training images of fold 0 keep the whole `make demo` (data generation, compile,
+    training, pictures) under 5 minutes. Batch 9 divides 378, so no partial batch costs a
+    second compilation.
     """
-    base = dict(encoder="tiny", epochs=3, batch_size=8, lr=1e-3, dtype="float32", workdir="runs/demo", demo=True)
+    base = dict(encoder="tiny", epochs=3, batch_size=9, lr=1e-3, dtype="float32", workdir="runs/demo", demo=True)
     base.update({k: v for k, v in overrides.items() if v is not None})
     base.setdefault("switch_epoch", max(1, base["epochs"] // 2))  # half the demo on each loss
     return TrainConfig(**base)
@@ -182,10 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_int_in(1, None), default=120, help="total epochs (both loss rounds)")
     p.add_argument("--switch_epoch", type=_int_in(0, None), default=20,
                    help="first epoch with the Lovasz loss (BCE+dice before); Adam moments reset there")
-    p.add_argument("--batch_size", type=_int_in(1, None), default=32,
-                   help="GLOBAL batch, split over all devices (must divide evenly). The original used 10 on one "
-                        "GPU; 32 keeps accelerators busy and divides over 1, 2, 4, 8 or 16 devices, and sync "
-                        "BatchNorm sees the whole global batch")
+    p.add_argument("--batch_size", type=_int_in(1, None), default=10,
+                   help="GLOBAL batch, split over all devices (sync BatchNorm sees the whole global batch); the "
+                        "last partial batch of an epoch is kept, as in the original. A batch that does not "
+                        "divide over the devices is padded and the padding masked out of the loss and "
+                        "BatchNorm (wasted compute: on many devices prefer a multiple of their count)")
     p.add_argument("--lr", type=_positive_float, default=None,
                    help="initial learning rate (default 1e-4 for --recipe=original, 0.01 for cosine)")
     p.add_argument("--weight_decay", type=float, default=None,
@@ -202,7 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute dtype (parameters stay float32); default bfloat16 on GPU/TPU, float32 on CPU")
     p.add_argument("--seed", type=_int_in(0, None), default=0, help="initialisation, shuffling and augmentation seed")
     p.add_argument("--folds_csv", default=None,
-                   help="your own folds (columns id,fold); default: the original's stratified 5-fold split")
+                   help="your own folds (columns id,fold; fold -1 = unused); default: --fold_rule's split")
+    p.add_argument("--fold_rule", choices=FOLD_RULES, default="original",
+                   help="original: ids with 1-9 salt pixels are left out, the rest split into the original's "
+                        "stratified 5 folds; validate_tiny: every id is split and the tiny masks are validated "
+                        "on (never trained on): other folds than the original's")
     p.add_argument("--recipe", choices=RECIPES, default="original",
                    help="original: Adam + reduce-on-plateau; cosine: SGD momentum 0.9, cosine cycles "
                         "lr -> 0.001 with a snapshot per cycle (the top solutions' recipe)")
@@ -212,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_augment", action="store_true",
                    help="train without the augmentation chain (the original always augments): to debug a run, "
                         "or to check a training step against another implementation")
+    p.add_argument("--original_dice", action="store_true",
+                   help="the original's dice, which applies the sigmoid twice (its seg_loss passes "
+                        "probabilities to a dice that applies sigmoid again); default: the correct dice")
     p.add_argument("--plateau_patience", type=_int_in(0, None), default=10,
                    help="original recipe: epochs without val_map gain before halving the lr")
     p.add_argument("--distributed", action="store_true",
@@ -237,8 +252,9 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         encoder=args.encoder, fold=args.fold, data_dir=args.data_dir, workdir=args.workdir,
         epochs=args.epochs, switch_epoch=args.switch_epoch, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, pretrained=args.pretrained, dtype=args.dtype, seed=args.seed,
-        folds_csv=args.folds_csv, recipe=args.recipe, cycle_epochs=args.cycle_epochs,
-        symmetric_lovasz=args.symmetric_lovasz, augment=not args.no_augment, plateau_patience=args.plateau_patience,
+        folds_csv=args.folds_csv, fold_rule=args.fold_rule, recipe=args.recipe, cycle_epochs=args.cycle_epochs,
+        symmetric_lovasz=args.symmetric_lovasz, original_dice=args.original_dice, augment=not args.no_augment,
+        plateau_patience=args.plateau_patience,
         distributed=args.distributed, progress=not args.no_progress,
     )
     if args.finetune_from:

@@ -42,15 +42,18 @@ class Split:
     folds_key: str
 
 
-def load_fold(data_dir: str | pathlib.Path, fold: int, *, folds_csv: str | None) -> tuple[FoldData, Split]:
+def load_fold(data_dir: str | pathlib.Path, fold: int, *, folds_csv: str | None,
+              fold_rule: str = "original") -> tuple[FoldData, Split]:
     """Reads the Kaggle-layout `data_dir`, splits `fold` and pads the images.
 
-    The folds are the user's `folds_csv` (columns id, fold) if given, else the original's
-    stratified split. Training drops masks with 1..9 salt pixels (salt_jax.data.split_indices);
-    validation keeps every image of the fold. Writes nothing (see Split).
+    The folds are the user's `folds_csv` (columns id, fold) if given, else
+    `make_folds(..., rule=fold_rule)`. Ids of fold -1 are in neither training nor validation;
+    training also drops masks with 1..9 salt pixels (salt_jax.data.split_indices). Writes nothing
+    (see Split).
     """
     train = load_train(data_dir)
-    folds = read_folds_csv(folds_csv, train.ids) if folds_csv else make_folds(train.ids, train.masks)
+    folds = (read_folds_csv(folds_csv, train.ids) if folds_csv
+             else make_folds(train.ids, train.masks, rule=fold_rule))
     split = Split(train.ids, folds, mask_types(train.masks), train.content_key,
                   checksums.json_checksum([list(train.ids), folds.tolist()]))
     train_idx, val_idx = split_indices(folds, train.masks, fold)
@@ -65,22 +68,38 @@ def load_fold(data_dir: str | pathlib.Path, fold: int, *, folds_csv: str | None)
     ), split
 
 
-def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int) -> np.ndarray:
-    """The training batches of `epoch`: (n // batch_size, batch_size) int32 indices.
+def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int,
+                  n_devices: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The training batches of `epoch`: a list of (indices int32, valid bool), one per step.
 
-    A permutation drawn from (seed, epoch) only; the last incomplete batch is dropped.
+    A permutation drawn from (seed, epoch) only, cut into batches of `batch_size`; the last
+    partial batch is kept, as the original's DataLoader (drop_last=False) does. On one device
+    every batch is exactly its examples (the partial one has its own shape, compiled once more).
+    On several devices each batch is padded to a multiple of `n_devices` (index 0, valid False)
+    so it shards evenly; the train step leaves the padding out of the loss and BatchNorm.
     """
-    steps = n // batch_size
-    if steps == 0:
-        raise ValueError(f"batch_size {batch_size} is larger than the {n} training images")
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    return perm[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+    if n < 1:
+        raise ValueError("no training images")
+    perm = np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
+    batches = []
+    for start in range(0, n, batch_size):
+        idx = perm[start:start + batch_size]
+        size = padded_size(len(idx), n_devices)
+        valid = np.arange(size) < len(idx)
+        batches.append((np.concatenate([idx, np.zeros(size - len(idx), np.int32)]), valid))
+    return batches
+
+
+def padded_size(batch: int, n_devices: int) -> int:
+    """The smallest multiple of `n_devices` holding `batch` examples."""
+    return -(-batch // n_devices) * n_devices
 
 
 def eval_batches(n: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Every index 0..n-1 in order, in batches; the last batch padded with index 0.
 
-    Returns (indices (k, batch_size) int32, valid (k, batch_size) bool).
+    Returns (indices (k, batch_size) int32, valid (k, batch_size) bool). (Evaluation runs
+    BatchNorm on its running statistics, so padding only needs masking in the sums.)
     """
     k = -(-n // batch_size)
     flat = np.zeros(k * batch_size, np.int32)

@@ -41,7 +41,7 @@ from salt_jax.fileio import atomic_write
 from salt_jax.models import io as model_io
 from salt_jax.training.checkpoint import Checkpoints
 from salt_jax.training.config import TrainConfig, default_workdir, load_config_json
-from salt_jax.training.fold_data import FoldData, Split, epoch_batches, eval_batches, load_fold
+from salt_jax.training.fold_data import FoldData, Split, epoch_batches, eval_batches, load_fold, padded_size
 from salt_jax.training.plateau import ReduceOnPlateau, cosine_cycle_lr
 from salt_jax.mesh import data_mesh
 from salt_jax.training.steps import LossOptions, Steps, make_optimizer, replicate, shard_batch
@@ -81,13 +81,13 @@ def run(cfg: TrainConfig) -> RunResult:
     workdir = pathlib.Path(cfg.workdir or default_workdir(cfg.encoder, cfg.fold, cfg.data_dir)).absolute()
     _check_workdir(workdir)
     pretrained = _load_pretrained(cfg)
-    data, split = load_fold(_data_dir(cfg), cfg.fold, folds_csv=cfg.folds_csv)
+    data, split = load_fold(_data_dir(cfg), cfg.fold, folds_csv=cfg.folds_csv, fold_rule=cfg.fold_rule)
     mesh = data_mesh()
-    _check_batch(cfg, mesh, len(data.train_images))
+    _check_batch(cfg, len(data.train_images))
     _claim_workdir(workdir, cfg, _inputs(cfg, split), split)  # the first write
     log = _Logger(workdir, progress=cfg.progress)
     steps = Steps(_build_model(cfg, pretrained), make_optimizer(cfg.recipe, cfg.resolved_weight_decay(), cfg.lr), mesh,
-                  seed=cfg.seed, loss=LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz), augment=cfg.augment)
+                  seed=cfg.seed, loss=LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz, cfg.original_dice), augment=cfg.augment)
     arrays = {k: replicate(v, steps.replicated) for k, v in dataclasses.asdict(data).items() if k != "val_ids"}
 
     ckpt = Checkpoints(workdir / "checkpoints")
@@ -107,8 +107,10 @@ def run(cfg: TrainConfig) -> RunResult:
     log.rewrite_metrics(progress["history"])
     _repair_best(workdir, ckpt, state, progress, steps, cfg, log)
     plateau = ReduceOnPlateau(**progress["plateau"])
+    n_dev = mesh.devices.size
     log.info(f"{cfg.arch} fold {cfg.fold}: {len(data.train_images)} train / {len(data.val_images)} val images, "
-             f"global batch {cfg.batch_size} on {len(jax.devices())} {jax.default_backend()} device(s)")
+             f"global batch {cfg.batch_size} (last partial batch kept) on {n_dev} {jax.default_backend()} device(s)"
+             + (f", padded to {padded_size(cfg.batch_size, n_dev)} and masked" if cfg.batch_size % n_dev else ""))
 
     last_probs = None
     try:
@@ -268,10 +270,7 @@ def _claim_workdir(workdir: pathlib.Path, cfg: TrainConfig, inputs: dict[str, An
         write_folds_csv(workdir / "folds.csv", split.ids, split.folds, split.mask_types)
 
 
-def _check_batch(cfg: TrainConfig, mesh, n_train: int) -> None:
-    n_dev = mesh.devices.size
-    if cfg.batch_size % n_dev:
-        raise UserError(f"--batch_size {cfg.batch_size} does not divide over {n_dev} devices")
+def _check_batch(cfg: TrainConfig, n_train: int) -> None:
     if cfg.batch_size > n_train:
         raise UserError(f"--batch_size {cfg.batch_size} is larger than the {n_train} training images of fold {cfg.fold}")
 
@@ -339,7 +338,7 @@ def _fresh_progress(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _images(data: FoldData, cfg: TrainConfig) -> int:
-    return (len(data.train_images) // cfg.batch_size) * cfg.batch_size
+    return len(data.train_images)  # every image, every epoch (the partial batch is kept)
 
 
 # ---------------------------------------------------------------------------------------------- epochs
@@ -352,24 +351,26 @@ def _train_epoch(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int, data
     PROGRESS_EVERY steps (and, on multi-device CPU, after each step: XLA's CPU collectives can
     deadlock when steps are dispatched asynchronously on few cores).
     """
-    batches = epoch_batches(len(data.train_images), cfg.batch_size, seed=cfg.seed, epoch=epoch)
+    batches = epoch_batches(len(data.train_images), cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                            n_devices=steps.mesh.devices.size)
     sync_each_step = _must_sync_each_step()
     first_step = int(state["step"])
     epoch_arg = replicate(np.asarray(epoch, np.int32), steps.replicated)
     losses = []
-    bar = tqdm(total=batches.size, unit="img", unit_scale=True, leave=False, disable=not log.show_progress,
+    bar = tqdm(total=len(data.train_images), unit="img", unit_scale=True, leave=False, disable=not log.show_progress,
                desc=f"epoch {epoch}")
     start = time.perf_counter()
-    for i, idx in enumerate(batches):
+    for i, (idx, valid) in enumerate(batches):
         state, out = steps.train_step(state, arrays["train_images"], arrays["train_masks"],
-                                      shard_batch(idx, steps.batch_sharded), epoch_arg)
+                                      shard_batch(idx, steps.batch_sharded), shard_batch(valid, steps.batch_sharded),
+                                      epoch_arg)
         losses.append(out["loss"])
         if sync_each_step:
             jax.block_until_ready(state)
         if i % PROGRESS_EVERY == 0 and i > 0:
             _check_finite(losses[-2:-1], first_step + i - 1, epoch)
             bar.set_postfix(loss=f"{float(losses[-2]):.4f}")
-        bar.update(cfg.batch_size)
+        bar.update(int(valid.sum()))
     values = np.asarray(jax.device_get(losses), np.float64)
     seconds = time.perf_counter() - start
     bar.close()
@@ -397,7 +398,7 @@ def _evaluate(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int):
 
     Returns (val_loss, val_map, probs of the first batches holding FIGURE_ROWS images).
     """
-    idx, valid = eval_batches(len(arrays["val_images"]), cfg.batch_size)
+    idx, valid = eval_batches(len(arrays["val_images"]), padded_size(cfg.batch_size, steps.mesh.devices.size))
     epoch_arg = replicate(np.asarray(epoch, np.int32), steps.replicated)
     totals, first_probs = [], []
     for b in range(len(idx)):

@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from salt_jax.data.augment import augment_batch, batch_key
 from salt_jax.losses import CROP_101, multi_loss
 from salt_jax.mesh import DATA_AXIS
+from salt_jax.models.layers import example_weights
 from salt_jax.metrics import kaggle_score
 
 TrainState = dict[str, Any]  # {"params", "rest", "opt_state", "step"}
@@ -52,6 +53,9 @@ def make_optimizer(recipe: str, weight_decay: float, lr: float) -> optax.Gradien
 
 @dataclasses.dataclass(frozen=True)
 class LossOptions:
+    """switch_epoch: first Lovasz epoch; symmetric: symmetric Lovasz; double_sigmoid: the
+    original's dice (sigmoid applied twice, `--original_dice`)."""
+
     switch_epoch: int
     symmetric: bool = False
     double_sigmoid: bool = False  # the original's dice (sigmoid applied twice); see losses.soft_dice
@@ -92,7 +96,7 @@ class Steps:
         self._initial = (params, rest)
         self.train_step = jax.jit(
             self._train_step,
-            in_shardings=(self.replicated,) * 3 + (self.batch_sharded, self.replicated),
+            in_shardings=(self.replicated,) * 3 + (self.batch_sharded,) * 2 + (self.replicated,),
             out_shardings=(self.replicated, self.replicated),
             donate_argnums=(0,),
         )
@@ -134,10 +138,13 @@ class Steps:
 
     # ------------------------------------------------------------------ steps (pure, jitted)
 
-    def _train_step(self, state: TrainState, images_u8, masks_u8, idx, epoch):
+    def _train_step(self, state: TrainState, images_u8, masks_u8, idx, valid, epoch):
         """One optimizer step on the global batch `idx` (B,) of the uint8 training arrays.
 
-        Returns (new state, {"loss"}); the loss is the pre-update training loss of the batch.
+        `valid` (B,) marks the real examples: padding (added so a batch splits evenly over the
+        devices) is left out of the loss and of the BatchNorm statistics, so the step equals the
+        step on the valid examples alone. Returns (new state, {"loss"}); the loss is the
+        pre-update training loss of the batch.
         """
         x, y = _to_float_batch(images_u8, masks_u8, idx)
         if self.augment:
@@ -147,9 +154,10 @@ class Steps:
 
         def loss_fn(params):
             model = nnx.merge(self.graph_train, params, state["rest"], copy=True)
-            logits, salt_prob = model(x)
+            with example_weights(valid):
+                logits, salt_prob = model(x)
             loss, _ = multi_loss(logits, salt_prob, y, use_lovasz=use_lovasz, symmetric=self.loss.symmetric,
-                                 double_sigmoid=self.loss.double_sigmoid)
+                                 double_sigmoid=self.loss.double_sigmoid, valid=valid)
             _, _, rest = nnx.split(model, nnx.Param, ...)
             return loss, rest
 
