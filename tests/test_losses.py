@@ -481,6 +481,7 @@ def test_schedule_switches_at_the_given_count():
     assert bool(jax.jit(schedule)(jnp.int32(20)))
 
 
+@needs_torch
 def test_jitted_step_traces_once_across_the_switch():
     """A jitted value-and-grad step fed the epoch as an array compiles once and switches loss at 20."""
     logits, salt_prob, masks = _model_outputs(17, n=2)
