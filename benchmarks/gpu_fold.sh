@@ -6,14 +6,18 @@
 # FOLD_SLICE_S seconds (default 540); train.py checkpoints every epoch in WORKDIR (under runs/,
 # git-ignored, left in place on the warm machine between calls) and the same command resumes
 # there. Call it again at once until it prints "FOLD DONE"; then it appends a train_fold line
-# (best val mAP, epochs, wall seconds summed over slices, images/s) to benchmarks/results.jsonl.
+# (best val mAP, epochs, wall seconds summed over slices, images/s, encoder init) to the machine's
+# results file (benchmarks/gpu_env.sh), which comes back as $OUT/results.jsonl.
 # The checkpoints are too large to come back through $OUT: if the machine is released between
 # slices, the fold starts over on the next one.
 #
 # The data must travel with the call (../shared is not sent): once, on the calling machine,
-#   echo /.data/ >> .git/info/exclude
-#   mkdir -p .data/tgs_salt && cp -r ../shared/tgs_salt/{train,train.csv,depths.csv} .data/tgs_salt/
-# (about 36 MB of the 64 MiB a call may carry), and name ".data" in every call's carry.
+# `bash benchmarks/gpu_wheels.sh` copies it into .data (git-ignored, about 36 MB of the 64 MiB a
+# call may carry) beside the wheels .whl, and every call names ".whl", ".deps", ".data" in carry.
+# ImageNet weights: PRETRAINED=<converted dir> is passed as --pretrained; unset, the script looks
+# for cached ones (benchmarks/find_imagenet_weights.py) and, finding none, trains from a random
+# encoder and says so in its log and in the train_fold line (encoder_init).
+#   DRY_RUN=1 bash benchmarks/gpu_fold.sh   # CPU check of this script: tiny model, synthetic data, 2 epochs
 # Comes back under $OUT: results.jsonl, metrics.jsonl, train.log.
 #
 # The original starts the encoder from ImageNet weights: set PRETRAINED=DIR (a converted
@@ -24,8 +28,12 @@
 # machines the fold runs from random weights unless the checkpoint is already there.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PY="${PYTHON:-python3}"
+if [ -n "${DRY_RUN:-}" ]; then
+  export GPU_RESULTS="${GPU_RESULTS:-runs/gpu-dry/results.jsonl}" ENCODER=tiny EPOCHS="${EPOCHS:-2}" PRETRAINED=""
+  export TGS_SALT_DIR="$("${PYTHON:-python3}" -c 'from salt_jax.data.synthetic import ensure_default_data as d; print(d())')"
+  set -- --batch_size=8 --switch_epoch=1 "$@"
+fi
+source benchmarks/gpu_env.sh
 ENCODER="${ENCODER:-50}"
 FOLD="${FOLD:-0}"
 EPOCHS="${EPOCHS:-120}"
@@ -34,22 +42,22 @@ WORKDIR="${WORKDIR:-runs/gpu-fold-se${ENCODER}-f${FOLD}}"
 OUT="${OUT:-$WORKDIR/out}"
 mkdir -p "$WORKDIR" "$OUT"
 [ -f "$DATA/train.csv" ] || { echo "gpu_fold.sh: no $DATA/train.csv; carry the data (see the header)" >&2; exit 2; }
-PRETRAINED_ARGS=()
-if [ -n "${PRETRAINED:-}" ]; then
+# PRETRAINED unset: look for cached ImageNet weights on this machine; set (even empty): use it.
+PRETRAINED="${PRETRAINED-$("$PY" benchmarks/find_imagenet_weights.py --encoder "$ENCODER")}"
+if [ -n "$PRETRAINED" ]; then
   [ -f "$PRETRAINED/metadata.json" ] || { echo "gpu_fold.sh: PRETRAINED=$PRETRAINED holds no converted checkpoint (metadata.json)" >&2; exit 2; }
-  PRETRAINED_ARGS=(--pretrained="$PRETRAINED")
-  echo "gpu_fold.sh: encoder starts from ImageNet weights $PRETRAINED"
+  echo "encoder init: ImageNet weights $PRETRAINED" | tee -a "$WORKDIR/train.log"
 elif printf '%s\n' "$@" | grep -q -- '^--pretrained'; then
-  echo "gpu_fold.sh: encoder starts from the ImageNet weights given by --pretrained"
+  echo "encoder init: the ImageNet weights given by --pretrained" | tee -a "$WORKDIR/train.log"
 else
-  echo "gpu_fold.sh: NO PRETRAINED WEIGHTS: the encoder starts from RANDOM weights, not the original's ImageNet start" \
-       "(set PRETRAINED=DIR or pass --pretrained=DIR); expect a much lower val mAP"
+  echo "encoder init: NO PRETRAINED WEIGHTS: the encoder starts from RANDOM weights, not the original's" \
+       "ImageNet start (set PRETRAINED=DIR or pass --pretrained=DIR); expect a much lower val mAP" | tee -a "$WORKDIR/train.log"
 fi
 
 start=$(date +%s)
 timeout --signal=TERM --kill-after=30 "${FOLD_SLICE_S:-540}" \
   "$PY" train.py --encoder="$ENCODER" --fold="$FOLD" --data_dir="$DATA" --epochs="$EPOCHS" \
-  --workdir="$WORKDIR" --no_progress ${PRETRAINED_ARGS[@]+"${PRETRAINED_ARGS[@]}"} "$@" 2>&1 | tee -a "$WORKDIR/train.log"
+  --workdir="$WORKDIR" --no_progress ${PRETRAINED:+--pretrained="$PRETRAINED"} "$@" 2>&1 | tee -a "$WORKDIR/train.log"
 rc=${PIPESTATUS[0]}
 # Wall time and slice count accumulate across calls (the gaps between calls are not counted).
 echo $(( $(date +%s) - start )) >>"$WORKDIR/slice_seconds"
@@ -57,8 +65,8 @@ cp "$WORKDIR/metrics.jsonl" "$WORKDIR/train.log" "$OUT/" 2>/dev/null
 
 if [ "$rc" -eq 0 ]; then
   "$PY" -m salt_jax.bench --fold-record "$WORKDIR" --model "$ENCODER" --fold "$FOLD" \
-    --wall-s "$(paste -sd+ "$WORKDIR/slice_seconds" | bc)" --slices "$(wc -l <"$WORKDIR/slice_seconds")" \
-    --out "$OUT" && echo "FOLD DONE"
+    --wall-s "$(( $(paste -sd+ "$WORKDIR/slice_seconds") ))" --slices "$(wc -l <"$WORKDIR/slice_seconds")" \
+    --results "$GPU_RESULTS" --out "$OUT" && echo "FOLD DONE"
 elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
   echo "FOLD SLICE ENDED after ${FOLD_SLICE_S:-540} s: call the same command again now to resume"
 else

@@ -230,11 +230,14 @@ def _jax_model(cfg: Config, *, use_running_average: bool) -> Any:
     import jax.numpy as jnp
     from flax import nnx
 
+    from salt_jax.models.initialize import init_module
     from salt_jax.models.layers import BatchNorm
     from salt_jax.models.unet import SaltUNet
 
     dtype = jnp.bfloat16 if cfg.precision == "bf16" else jnp.float32
-    model = SaltUNet(MODELS[cfg.model], rngs=nnx.Rngs(0), dtype=dtype, grouped_impl=cfg.grouped_impl)
+    # Host-side init: eager NNX init compiles one program per parameter shape (minutes on a CPU,
+    # tens of seconds of every configuration's budget on a GPU); the values do not change the speed.
+    model = init_module(lambda rngs: SaltUNet(MODELS[cfg.model], rngs=rngs, dtype=dtype, grouped_impl=cfg.grouped_impl))
     # Set directly: layers.BatchNorm has no `set_view`, so nnx.view would not reach it.
     for _, node in nnx.iter_graph(model):
         if isinstance(node, BatchNorm):
@@ -483,15 +486,23 @@ def fold_record(workdir: Path, model: str, fold: int, wall_s: float, slices: int
     if not history:
         raise SystemExit(f"{workdir / 'metrics.jsonl'}: no epoch recorded")
     rates = [h["images_per_s"] for h in history if h.get("images_per_s")]
-    config = json.loads((workdir / "config.json").read_text()) if (workdir / "config.json").is_file() else {}
     _, device = _jax_device()
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "task": "train_fold", "framework": "jax", "device": device, "model": model, "fold": fold,
-            # The original starts from ImageNet weights; a random start is a different experiment.
-            "encoder_init": f"imagenet ({config['pretrained']})" if config.get("pretrained") else "random",
             "epochs": len(history), "val_map_best": max(h["val_map"] for h in history), "wall_s": wall_s,
             "slices": slices, "images_per_s": statistics.median(rates) if rates else None,
-            "versions": package_versions()}
+            # The original starts from ImageNet weights; a random start is a different experiment.
+            "encoder_init": encoder_init(workdir), "versions": package_versions()}
+
+
+def encoder_init(workdir: Path) -> str:
+    """'imagenet: <source weights file>' or 'random', from the run's config.json (--pretrained)."""
+    pretrained = json.loads((workdir / "config.json").read_text()).get("pretrained")
+    if not pretrained:
+        return "random"
+    from salt_jax.models.io import read_metadata
+
+    return f"imagenet: {read_metadata(pretrained).get('source_file', pretrained)}"
 
 
 # ----------------------------------------------------------------------------- orchestrator
@@ -645,11 +656,11 @@ def render_table(records: list[dict[str, Any]]) -> str:
         lines += [f"| {r['device']} | {r['matmul_n']} | {r['tflops']:.3g} | {r['date'][:10]} |" for r in peaks]
     folds = [r for r in records if r.get("task") == "train_fold"]
     if folds:
-        lines += ["", "| device | model | fold | encoder init | epochs | val mAP (best) | wall s | images/s | date |",
+        lines += ["", "| device | model | encoder init | fold | epochs | val mAP (best) | wall s | images/s | date |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['device']} | {r['model']} | {r.get('fold', '-')} | {r.get('encoder_init', 'unrecorded')} "
-                  f"| {r['epochs']} | {_fmt(r.get('val_map_best'), '.4f')} "
-                  f"| {r['wall_s']:.0f} | {_fmt(r.get('images_per_s'), '.1f')} | {r['date'][:10]} |" for r in folds]
+        lines += [f"| {r['device']} | {r['model']} | {r.get('encoder_init', '-')} | {r.get('fold', '-')} | {r['epochs']} "
+                  f"| {_fmt(r.get('val_map_best'), '.4f')} | {r['wall_s']:.0f} | {_fmt(r.get('images_per_s'), '.1f')} "
+                  f"| {r['date'][:10]} |" for r in folds]
     devices = sorted({r["device"] for r in latest(records)})
     lines += [""] + [recommendation(records, d) for d in devices]
     return "\n".join(lines)

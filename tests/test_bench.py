@@ -67,6 +67,21 @@ def test_recommendation_and_table_use_the_newest_line_per_configuration():
     assert any("failed: RuntimeError: boom" in r for r in rows)
 
 
+def test_fold_record_names_the_encoder_initialisation(tmp_path):
+    """A fold trained without --pretrained is labelled "random"; with it, by the source weights."""
+    imagenet = tmp_path / "imagenet"
+    (imagenet / "state").mkdir(parents=True)
+    (imagenet / "metadata.json").write_text(json.dumps({"arch": "se_resnext50_32x4d", "source_file": "/hub/se.pth"}))
+    for pretrained, expected in ((None, "random"), (str(imagenet), "imagenet: /hub/se.pth")):
+        workdir = tmp_path / f"run-{expected[:6]}"
+        workdir.mkdir()
+        (workdir / "config.json").write_text(json.dumps({"pretrained": pretrained}))
+        (workdir / "metrics.jsonl").write_text(json.dumps({"val_map": 0.5, "images_per_s": 10.0}) + "\n")
+        record = bench.fold_record(workdir, "50", 0, wall_s=60.0, slices=1)
+        assert record["encoder_init"] == expected
+        assert f"| {expected} |" in bench.render_table([record])
+
+
 def _run_bench(tmp_path: Path, *args: str) -> list[dict]:
     results = tmp_path / "results.jsonl"
     cmd = [sys.executable, "-m", "salt_jax.bench", "--cpu", "--models", "tiny", "--batches", "2",
@@ -102,11 +117,3 @@ def test_cli_writes_well_formed_lines_for_the_tiny_model_in_jax_and_torch(tmp_pa
     # (XLA also counts elementwise work; torch's counter only matmuls and convolutions).
     jax_flops, torch_flops = rows[0]["flops_per_image"], rows[1]["flops_per_image"]
     assert 0.8 < jax_flops / torch_flops < 1.25
-
-
-@pytest.mark.parametrize("pretrained, expected", [(None, "random"), ("/w/imagenet50", "imagenet (/w/imagenet50)")])
-def test_fold_record_says_how_the_encoder_started(tmp_path, pretrained, expected):
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"val_map": 0.5, "images_per_s": 10.0}) + "\n")
-    (tmp_path / "config.json").write_text(json.dumps({"pretrained": pretrained}))
-    record = bench.fold_record(tmp_path, "50", 0, wall_s=1.0, slices=1)
-    assert record["encoder_init"] == expected

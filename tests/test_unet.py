@@ -13,15 +13,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.torch_reference import require_torch_reference
+from tests.torch_reference import torch_reference_or_reason
 
-torch, reference = require_torch_reference()
+torch, reference, _why_no_torch = torch_reference_or_reason()
+needs_torch = pytest.mark.skipif(torch is None, reason=_why_no_torch or "")
 
 from convert.torch_to_flax import convert_state  # noqa: E402
-from convert.torch_unet import TorchSaltUNet  # noqa: E402
 from salt_jax import models  # noqa: E402
 from salt_jax.models import io  # noqa: E402
 from salt_jax.models.unet import DecoderBlock, init_encoder_from_imagenet, upsample_bilinear  # noqa: E402
+
+if torch is not None:
+    from convert.torch_unet import TorchSaltUNet
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -61,6 +64,7 @@ def tiny() -> models.SaltUNet:
     return convert_state("unet_tiny", state_dict_np(torch_tiny_unet()))
 
 
+@needs_torch
 def test_transposed_conv_is_torch_conv_transpose2d_k4_s2_p1():
     block = DecoderBlock(4, 3, 5, dtype=jnp.float32, rngs=nnx.Rngs(0))
     t_deconv = torch.nn.ConvTranspose2d(3, 5, kernel_size=4, stride=2, padding=1)
@@ -75,6 +79,7 @@ def test_transposed_conv_is_torch_conv_transpose2d_k4_s2_p1():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@needs_torch
 @pytest.mark.parametrize("factor", [2, 4, 8])
 def test_upsampling_is_torch_bilinear_align_corners_false(factor):
     x = np.random.default_rng(factor).standard_normal((2, 4, 5, 3)).astype(np.float32)
@@ -85,6 +90,7 @@ def test_upsampling_is_torch_bilinear_align_corners_false(factor):
     np.testing.assert_allclose(got, expected.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-6)
 
 
+@needs_torch
 def test_closed_gate_leaves_only_the_final_bias(tiny):
     """p = 0 zeroes the whole hypercolumn, so every mask logit is the final conv's bias."""
     saved = tiny.classifier.bias[...], tiny.final.bias[...]
@@ -99,6 +105,7 @@ def test_closed_gate_leaves_only_the_final_bias(tiny):
     np.testing.assert_array_equal(logits, 0.375)
 
 
+@needs_torch
 def test_bfloat16_close_to_float32(tiny):
     """bf16 keeps 8 significant bits (relative rounding 2**-9 ~ 0.2% per operation). Over the
     ~15 layers between input and output such errors add up like a random walk to a few
@@ -119,6 +126,7 @@ def test_bfloat16_close_to_float32(tiny):
     np.testing.assert_allclose(p16, p32, rtol=0, atol=1e-2)
 
 
+@needs_torch
 def test_train_mode_updates_batchnorm_like_torch():
     t_model = torch_tiny_unet(seed=1)
     state = state_dict_np(t_model)
@@ -152,6 +160,7 @@ def test_train_mode_updates_batchnorm_like_torch():
             )
 
 
+@needs_torch
 def test_init_encoder_from_imagenet_copies_what_the_original_copies():
     unet = convert_state("unet_tiny", state_dict_np(torch_tiny_unet(seed=2)))
     # Non-default statistics everywhere, so a copied (or not reset) statistic shows.
