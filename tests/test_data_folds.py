@@ -238,9 +238,9 @@ def test_make_folds_reproduces_the_originals_assignment_on_the_real_ids():
 
     from salt_jax.data import load_train
 
-    root = os.environ.get("TGS_SALT_DIR")
-    if not root or not Path(root, "train.csv").is_file():
-        pytest.skip("set TGS_SALT_DIR to the real TGS Salt data")
+    root = os.environ.get("TGS_SALT_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "tgs_salt")
+    if not Path(root, "train.csv").is_file():
+        pytest.skip(f"real TGS data not found in {root} (set TGS_SALT_DIR)")
     with open(Path(root, "train.csv"), newline="") as f:
         file_list = [row["id"] for row in csv.DictReader(f)]
     masks = {i: np.asarray(Image.open(Path(root, "train", "masks", f"{i}.png")).convert("L")) > 128

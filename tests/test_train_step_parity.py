@@ -132,12 +132,13 @@ def trained():
     state = steps.init_state()
     arrays = [replicate(a, steps.replicated) for a in (images_u8, masks_u8)]
     idx = shard_batch(np.arange(len(images_u8), dtype=np.int32), steps.batch_sharded)
+    valid = shard_batch(np.ones(len(images_u8), bool), steps.batch_sharded)  # no padding: all real
     jax_losses = []
     for epoch in (0, SWITCH_EPOCH):
         if epoch == SWITCH_EPOCH:  # the loop's loss switch: fresh moments, same lr
             state = steps.set_lr(steps.reset_optimizer(state), LR)
         for _ in range(STEPS_PER_ROUND):
-            state, out = steps.train_step(state, *arrays, idx, replicate(np.int32(epoch), steps.replicated))
+            state, out = steps.train_step(state, *arrays, idx, valid, replicate(np.int32(epoch), steps.replicated))
             jax_losses.append(float(out["loss"]))
     return {
         "torch_losses": torch_losses, "jax_losses": jax_losses,
