@@ -8,12 +8,14 @@ changes the numbers of a converted network:
 - `conv` takes PyTorch's symmetric integer padding; 'SAME' pads (2, 3) or (0, 1) on even
   sizes and would shift every output by half a pixel.
 - `GroupedConv` is the one place the grouped 3x3 convolution is computed, so its
-  implementation can be swapped per backend without touching the parameters.
+  implementation can be swapped per backend without touching the parameters; its default
+  ("taps") replaces XLA's slow grouped-conv kernel gradient with matmuls.
 - `max_pool_ceil` reproduces `MaxPool2d(ceil_mode=True)`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -102,25 +104,27 @@ class BatchNorm(nnx.Module):
         return (x.astype(jnp.float32) * inv + shift).astype(x.dtype)
 
 
-GROUPED_IMPLS = ("native", "dense")
+GROUPED_IMPLS = ("taps", "native", "dense")
+_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def default_grouped_impl(backend: str | None = None) -> str:
-    """The grouped-conv implementation to use on `backend`, chosen by measurement.
+    """The grouped-conv implementation to use on `backend`.
 
-    CPU: "dense". XLA's CPU weight gradient of a 32-group conv is ~50x slower than a dense
-    conv (docs/BENCHMARKS.md), so the block-diagonal expansion wins despite 32x the FLOPs.
-    GPU/TPU: "native" (cuDNN and the TPU compiler implement grouped convs directly; see
-    docs/BENCHMARKS.md for the GPU measurement status).
-    `SALT_JAX_GROUPED_CONV=native|dense` overrides the choice everywhere.
+    "taps" on every backend: XLA's own weight gradient of a 32-group conv ("native") is ~50x
+    slower than a dense conv on CPU (docs/BENCHMARKS.md) and is reported slow on CUDA too
+    (jax-ml/jax issue 13800); "taps" keeps XLA's grouped forward and input gradient and
+    computes the weight gradient with matmuls. On GPU this default is not measured yet
+    (benchmarks/gpu_all.sh measures every implementation).
+    `SALT_JAX_GROUPED_CONV=taps|native|dense` overrides the choice everywhere.
     """
+    del backend  # one default today; the argument stays for a measured per-backend choice
     forced = os.environ.get("SALT_JAX_GROUPED_CONV")
     if forced:
         if forced not in GROUPED_IMPLS:
             raise ValueError(f"SALT_JAX_GROUPED_CONV={forced!r}: expected one of {GROUPED_IMPLS}")
         return forced
-    backend = backend or jax.default_backend()
-    return "dense" if backend == "cpu" else "native"
+    return "taps"
 
 
 def block_diagonal_kernel(kernel: Array, groups: int) -> Array:
@@ -137,11 +141,65 @@ def block_diagonal_kernel(kernel: Array, groups: int) -> Array:
     return dense.reshape(kh, kw, groups * cin_g, cout)
 
 
+def _conv2d(x: Array, kernel: Array, stride: int, padding: int, groups: int) -> Array:
+    p = padding
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((p, p), (p, p)), dimension_numbers=_NHWC, feature_group_count=groups
+    )
+
+
+def tapwise_kernel_grad(x: Array, dy: Array, kernel_shape, stride: int, padding: int, groups: int) -> Array:
+    """The kernel gradient of `_conv2d(x, kernel, ...)` given the output cotangent `dy`.
+
+    kernel[a, b] meets, for every output pixel, the input pixel at offset (a, b) of its window,
+    so its gradient is one (per-group) matmul of the shifted, strided input with `dy`, summed
+    over (n, h, w). Nine matmuls for a 3x3 kernel, each reading one shifted view of `x`: no
+    patch tensor nine times the size of `x` is ever built. Accumulates in float32.
+    """
+    kh, kw, cin_g, cout = kernel_shape
+    n, ho, wo, _ = dy.shape
+    p, s = padding, stride
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    dy_g = dy.reshape(n, ho, wo, groups, cout // groups)
+    taps = []
+    for a in range(kh):
+        for b in range(kw):
+            end = (n, a + (ho - 1) * s + 1, b + (wo - 1) * s + 1, xp.shape[3])
+            shifted = jax.lax.slice(xp, (0, a, b, 0), end, (1, s, s, 1)).reshape(n, ho, wo, groups, cin_g)
+            taps.append(jnp.einsum("nhwgi,nhwgo->igo", shifted, dy_g, preferred_element_type=jnp.float32))
+    return jnp.stack(taps).reshape(kernel_shape).astype(dy.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv2d_tapwise_grad(x: Array, kernel: Array, stride: int, padding: int, groups: int) -> Array:
+    """XLA's convolution, whose kernel gradient is `tapwise_kernel_grad` (matmuls).
+
+    Forward and input gradient are XLA's own (`feature_group_count`); only the kernel gradient,
+    the slow part of XLA's grouped convolution, is replaced.
+    """
+    return _conv2d(x, kernel, stride, padding, groups)
+
+
+def _tapwise_fwd(x, kernel, stride, padding, groups):
+    return _conv2d(x, kernel, stride, padding, groups), (x, kernel)
+
+
+def _tapwise_bwd(stride, padding, groups, residuals, dy):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(lambda x: _conv2d(x, kernel, stride, padding, groups), x)
+    (dx,) = input_vjp(dy)
+    return dx, tapwise_kernel_grad(x, dy, kernel.shape, stride, padding, groups)
+
+
+conv2d_tapwise_grad.defvjp(_tapwise_fwd, _tapwise_bwd)
+
+
 class GroupedConv(nnx.Module):
-    """`Conv2d(cin, cout, k, stride, padding, groups, bias=False)`; one kernel, two algorithms.
+    """`Conv2d(cin, cout, k, stride, padding, groups, bias=False)`; one kernel, three algorithms.
 
     The parameter is `kernel` of shape (k, k, cin // groups, cout) whatever the `impl`:
-    "native" uses XLA's `feature_group_count`, "dense" the block-diagonal dense kernel.
+    "native" uses XLA's `feature_group_count`, "dense" the block-diagonal dense kernel, "taps"
+    the native forward with `tapwise_kernel_grad` as its kernel gradient.
     `impl=None` defers to `default_grouped_impl()` at trace time.
     """
 
@@ -179,19 +237,13 @@ class GroupedConv(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         impl = self.impl or default_grouped_impl()
+        x = x.astype(self.dtype)
         kernel = self.kernel[...].astype(self.dtype)
-        groups = self.groups
+        if impl == "taps":
+            return conv2d_tapwise_grad(x, kernel, self.stride, self.padding, self.groups)
         if impl == "dense":
-            kernel, groups = block_diagonal_kernel(kernel, self.groups), 1
-        p = self.padding
-        return jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            kernel,
-            window_strides=(self.stride, self.stride),
-            padding=((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=groups,
-        )
+            return _conv2d(x, block_diagonal_kernel(kernel, self.groups), self.stride, self.padding, 1)
+        return _conv2d(x, kernel, self.stride, self.padding, self.groups)
 
 
 def max_pool_ceil(x: Array, window: int, stride: int) -> Array:
