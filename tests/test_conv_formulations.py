@@ -183,14 +183,19 @@ def test_grouped_conv_taps_under_data_parallel_sharding(tmp_path):
     assert rel_err(got["dk"], dk) <= F32_RTOL
 
 
-def test_default_grouped_impl_is_taps_and_env_overrides(monkeypatch):
-    monkeypatch.delenv("SALT_JAX_GROUPED_CONV", raising=False)
-    assert layers.default_grouped_impl("cpu") == layers.default_grouped_impl("gpu") == "taps"
+def test_defaults_and_env_overrides(monkeypatch):
+    for env in ("SALT_JAX_GROUPED_CONV", "SALT_JAX_CONV", "SALT_JAX_CONV_TRANSPOSE"):
+        monkeypatch.delenv(env, raising=False)
+    if jax.default_backend() != "cpu":
+        pytest.skip("checks the CPU defaults")
+    assert (layers.default_grouped_impl(), layers.default_conv_impl(), layers.default_conv_transpose_impl()) == (
+        "taps", "matmul", "taps")
     monkeypatch.setenv("SALT_JAX_GROUPED_CONV", "dense")
-    assert layers.default_grouped_impl("gpu") == "dense"
-    monkeypatch.setenv("SALT_JAX_GROUPED_CONV", "fast")
-    with pytest.raises(ValueError, match="SALT_JAX_GROUPED_CONV='fast'"):
-        layers.default_grouped_impl()
+    monkeypatch.setenv("SALT_JAX_CONV", "xla")
+    assert (layers.default_grouped_impl(), layers.default_conv_impl()) == ("dense", "xla")
+    monkeypatch.setenv("SALT_JAX_CONV_TRANSPOSE", "fast")
+    with pytest.raises(ValueError, match="SALT_JAX_CONV_TRANSPOSE='fast'"):
+        layers.default_conv_transpose_impl()
 
 
 def torch_conv_reference(x, kernel, bias, dy, stride, padding, transposed=False):

@@ -293,23 +293,15 @@ class BatchNorm(nnx.Module):
 GROUPED_IMPLS = ("taps", "native", "dense")
 
 
-def default_grouped_impl(backend: str | None = None) -> str:
-    """The grouped-conv implementation to use on `backend`.
+def default_grouped_impl() -> str:
+    """The grouped-conv implementation: "taps" on every backend; `SALT_JAX_GROUPED_CONV` overrides.
 
-    "taps" on every backend: XLA's own weight gradient of a 32-group conv ("native") is ~50x
-    slower than a dense conv on CPU (docs/BENCHMARKS.md) and is reported slow on CUDA too
-    (jax-ml/jax issue 13800); "taps" keeps XLA's grouped forward and input gradient and
-    computes the weight gradient with matmuls. On GPU this default is not measured yet
-    (benchmarks/gpu_all.sh measures every implementation).
-    `SALT_JAX_GROUPED_CONV=taps|native|dense` overrides the choice everywhere.
+    XLA's own kernel gradient of a 32-group conv ("native") is ~50x slower than a dense conv on
+    CPU (docs/BENCHMARKS.md) and reported slow on CUDA too (jax-ml/jax issue 13800); "taps"
+    keeps XLA's grouped forward and input gradient and computes the kernel gradient with
+    matmuls. On GPU this default is not measured yet (benchmarks/gpu_all.sh measures all three).
     """
-    del backend  # one default today; the argument stays for a measured per-backend choice
-    forced = os.environ.get("SALT_JAX_GROUPED_CONV")
-    if forced:
-        if forced not in GROUPED_IMPLS:
-            raise ValueError(f"SALT_JAX_GROUPED_CONV={forced!r}: expected one of {GROUPED_IMPLS}")
-        return forced
-    return "taps"
+    return _choose("SALT_JAX_GROUPED_CONV", GROUPED_IMPLS, "taps", "taps")
 
 
 def block_diagonal_kernel(kernel: Array, groups: int) -> Array:
