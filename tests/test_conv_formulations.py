@@ -188,11 +188,12 @@ def test_defaults_and_env_overrides(monkeypatch):
         monkeypatch.delenv(env, raising=False)
     if jax.default_backend() != "cpu":
         pytest.skip("checks the CPU defaults")
-    assert (layers.default_grouped_impl(), layers.default_conv_impl(), layers.default_conv_transpose_impl()) == (
+    assert (layers.default_grouped_impl(32), layers.default_conv_impl(), layers.default_conv_transpose_impl()) == (
         "taps", "matmul", "taps")
+    assert layers.default_grouped_impl(4) == "dense"  # the tiny encoder's 4 groups
     monkeypatch.setenv("SALT_JAX_GROUPED_CONV", "dense")
     monkeypatch.setenv("SALT_JAX_CONV", "xla")
-    assert (layers.default_grouped_impl(), layers.default_conv_impl()) == ("dense", "xla")
+    assert (layers.default_grouped_impl(32), layers.default_conv_impl()) == ("dense", "xla")
     monkeypatch.setenv("SALT_JAX_CONV_TRANSPOSE", "fast")
     with pytest.raises(ValueError, match="SALT_JAX_CONV_TRANSPOSE='fast'"):
         layers.default_conv_transpose_impl()

@@ -293,15 +293,19 @@ class BatchNorm(nnx.Module):
 GROUPED_IMPLS = ("taps", "native", "dense")
 
 
-def default_grouped_impl() -> str:
-    """The grouped-conv implementation: "taps" on every backend; `SALT_JAX_GROUPED_CONV` overrides.
+def default_grouped_impl(groups: int = 32) -> str:
+    """The grouped-conv implementation for a conv of `groups` groups; `SALT_JAX_GROUPED_CONV` overrides.
 
-    XLA's own kernel gradient of a 32-group conv ("native") is ~50x slower than a dense conv on
-    CPU (docs/BENCHMARKS.md) and reported slow on CUDA too (jax-ml/jax issue 13800); "taps"
-    keeps XLA's grouped forward and input gradient and computes the kernel gradient with
-    matmuls. On GPU this default is not measured yet (benchmarks/gpu_all.sh measures all three).
+    "taps" on every backend for the encoders' 32 groups: XLA's own kernel gradient of a 32-group
+    conv ("native") is ~50x slower than a dense conv on CPU (docs/BENCHMARKS.md) and reported
+    slow on CUDA too (jax-ml/jax issue 13800); "taps" keeps XLA's grouped forward and input
+    gradient and computes the kernel gradient with matmuls. On CPU, 4 groups or fewer (the tiny
+    encoder) take "dense": the block-diagonal kernel costs only 4x the FLOPs there and its train
+    step measured 12% faster than taps. The GPU default is not measured yet
+    (benchmarks/gpu_all.sh measures all three).
     """
-    return _choose("SALT_JAX_GROUPED_CONV", GROUPED_IMPLS, "taps", "taps")
+    cpu = "dense" if groups <= 4 else "taps"
+    return _choose("SALT_JAX_GROUPED_CONV", GROUPED_IMPLS, cpu, "taps")
 
 
 def block_diagonal_kernel(kernel: Array, groups: int) -> Array:
@@ -324,7 +328,7 @@ class GroupedConv(nnx.Module):
     The parameter is `kernel` of shape (k, k, cin // groups, cout) whatever the `impl`:
     "native" uses XLA's `feature_group_count`, "dense" the block-diagonal dense kernel, "taps"
     the native forward with `tapwise_kernel_grad` as its kernel gradient.
-    `impl=None` defers to `default_grouped_impl()` at trace time.
+    `impl=None` defers to `default_grouped_impl(groups)` at trace time.
     """
 
     def __init__(
@@ -360,7 +364,7 @@ class GroupedConv(nnx.Module):
             self.impl = impl
 
     def __call__(self, x: Array) -> Array:
-        impl = self.impl or default_grouped_impl()
+        impl = self.impl or default_grouped_impl(self.groups)
         x = x.astype(self.dtype)
         kernel = self.kernel[...].astype(self.dtype)
         padding = _pairs(self.padding)
