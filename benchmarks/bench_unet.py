@@ -11,7 +11,11 @@ images_per_s, ms, ms_min, ms_max, load average):
   unet_forward     eval mode, both outputs;
   unet_train_step  train-mode BatchNorm, 0.1 * BCE(p) + BCE(mask logits), backward, Adam.
 Figures are the median of `--repeats` timed calls after one untimed (compiling) call, each
-call synchronised with the device.
+call synchronised with the device; the frameworks and variants are called in turn (one call
+each, then again), so a drifting machine load hits them alike.
+JAX variants (`--variants`): "default", the library's convolution formulations for this
+backend; "xla", every convolution XLA's own with the block-diagonal grouped conv (the CPU
+default before issue 11).
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from timing import timed
+from timing import timed_alternating
 
 RESULTS = pathlib.Path(__file__).with_name("results.jsonl")
 LR = 1e-4
+# nnx.view arguments per JAX variant; "default" leaves every layer's choice to layers.py.
+JAX_VARIANTS = {"default": {}, "xla": {"impl": "dense", "conv_impl": "xla", "conv_transpose_impl": "xla"}}
 
 
 def batch_data(batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -52,8 +58,8 @@ def loss_terms(logits, prob, masks, has_salt, bce, bce_logits):
 # ---------------------------------------------------------------- JAX
 
 
-def jax_tasks(model: nnx.Module, x, masks, has_salt) -> dict[str, Callable[[], object]]:
-    """Jitted forward (eval) and train step (train-mode BN + Adam) on pure split state."""
+def jax_programs(model: nnx.Module, x, masks, has_salt) -> dict[str, tuple[Callable, tuple]]:
+    """Jitted forward (eval) and train step (train-mode BN + Adam) with their first arguments."""
     xj, mj, hj = jnp.asarray(x), jnp.asarray(masks), jnp.asarray(has_salt)
     model.eval()
     eval_def, eval_state = nnx.split(model)
@@ -77,14 +83,26 @@ def jax_tasks(model: nnx.Module, x, masks, has_salt) -> dict[str, Callable[[], o
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), stats, opt_state, loss
 
+    return {
+        "unet_forward": (forward, (eval_state, xj)),
+        "unet_train_step": (train_step, (params, rest, opt_state, xj, mj, hj)),
+    }
+
+
+def jax_tasks(model: nnx.Module, x, masks, has_salt) -> dict[str, Callable[[], object]]:
+    """The programs of `jax_programs` as blocking calls; the train step carries its state along."""
+    programs = jax_programs(model, x, masks, has_salt)
+    forward, forward_args = programs["unet_forward"]
+    train_step, (params, rest, opt_state, *batch) = programs["unet_train_step"]
+
     def step():
         nonlocal params, rest, opt_state
         # Without the classifier head's other variables, `rest` is exactly the BatchNorm statistics.
-        params, rest, opt_state, loss = train_step(params, rest, opt_state, xj, mj, hj)
+        params, rest, opt_state, loss = train_step(params, rest, opt_state, *batch)
         jax.block_until_ready(loss)
 
     return {
-        "unet_forward": lambda: jax.block_until_ready(forward(eval_state, xj)),
+        "unet_forward": lambda: jax.block_until_ready(forward(*forward_args)),
         "unet_train_step": step,
     }
 
@@ -136,6 +154,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--tasks", nargs="+", default=["unet_forward", "unet_train_step"])
+    parser.add_argument("--variants", nargs="+", default=["default"], choices=list(JAX_VARIANTS))
     parser.add_argument("--no-torch", action="store_true", help="JAX only (e.g. on a GPU machine)")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
     args = parser.parse_args()
@@ -152,24 +171,27 @@ def main() -> None:
     state = {k: v.numpy().copy() for k, v in t_model.state_dict().items()}
     data = batch_data(args.batch)
 
-    runs = []
+    runs = {}
     for precision in args.precision:
         model = io.build(arch, abstract=True, dtype=jnp.dtype(precision))
         nnx.update(model, nnx.state(convert_state(arch, state)))
-        runs.append(("jax", precision, jax_tasks(model, *data)))
+        for variant in args.variants:
+            runs[("jax", variant, precision)] = jax_tasks(nnx.view(model, **JAX_VARIANTS[variant]), *data)
     if not args.no_torch:
-        runs.append(("torch", "float32", torch_tasks(t_model, *data)))
+        runs[("torch", "eager", "float32")] = torch_tasks(t_model, *data)
 
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     with open(args.out, "a") as out:
-        for framework, precision, tasks in runs:
-            for task in args.tasks:
-                t = timed(tasks[task], args.repeats)
+        for task in args.tasks:
+            load_before = os.getloadavg()[0]
+            times = timed_alternating({key: tasks[task] for key, tasks in runs.items()}, args.repeats)
+            for (framework, variant, precision), t in times.items():
                 row = {
                     "date": date, "device": device_name(framework), "task": task, "model": f"unet_{args.model}",
-                    "framework": framework, "variant": "grouped=" + os.environ.get("SALT_JAX_GROUPED_CONV", "default")
-                    if framework == "jax" else "eager", "precision": precision, "batch": args.batch,
-                    "images_per_s": round(args.batch * 1e3 / t["ms"], 3), **t, "loadavg": round(os.getloadavg()[0], 1),
+                    "framework": framework, "variant": variant, "precision": precision, "batch": args.batch,
+                    "images_per_s": round(args.batch * 1e3 / t["ms"], 3), **t,
+                    "loadavg": [round(load_before, 1), round(os.getloadavg()[0], 1)], "alternating": True,
+                    "versions": {"jax": jax.__version__, "torch": torch.__version__},
                 }  # fmt: skip
                 print(json.dumps(row), flush=True)
                 out.write(json.dumps(row) + "\n")

@@ -20,3 +20,22 @@ def timed(fn: Callable[[], object], repeats: int, *, warmup: int = 1) -> dict[st
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return {"ms": round(statistics.median(times), 2), "ms_min": round(min(times), 2), "ms_max": round(max(times), 2)}
+
+
+def timed_alternating(fns: dict[str, Callable[[], object]], repeats: int, *, warmup: int = 1) -> dict[str, dict[str, float]]:
+    """`timed` for several functions called in turn (a, b, c, a, b, c, ...), per name.
+
+    On a shared machine the load drifts: alternating exposes every function to the same drift,
+    so their ratios hold even when the absolute figures do not.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: {"ms": round(statistics.median(t), 2), "ms_min": round(min(t), 2), "ms_max": round(max(t), 2)}
+            for name, t in times.items()}

@@ -8,7 +8,8 @@ changes the numbers of a converted network:
 - `conv` takes PyTorch's symmetric integer padding; 'SAME' pads (2, 3) or (0, 1) on even
   sizes and would shift every output by half a pixel.
 - `GroupedConv` is the one place the grouped 3x3 convolution is computed, so its
-  implementation can be swapped per backend without touching the parameters.
+  implementation can be swapped per backend without touching the parameters; its default
+  ("taps") replaces XLA's slow grouped-conv kernel gradient with matmuls.
 - `max_pool_ceil` reproduces `MaxPool2d(ceil_mode=True)`.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import os
 
 import jax
@@ -23,6 +25,140 @@ import jax.numpy as jnp
 from flax import nnx
 
 Array = jax.Array
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _pairs(padding: int) -> Padding:
+    return ((padding, padding), (padding, padding))
+
+
+def _conv2d(x: Array, kernel: Array, stride: int, padding: Padding, groups: int, dilation: int = 1) -> Array:
+    """XLA's convolution; `dilation` spreads the input (the lhs dilation of a transposed conv)."""
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), padding, lhs_dilation=(dilation, dilation),
+        dimension_numbers=_NHWC, feature_group_count=groups,
+    )  # fmt: skip
+
+
+def tapwise_kernel_grad(x: Array, dy: Array, kernel_shape, stride: int, padding: Padding, groups: int,
+                        dilation: int = 1) -> Array:
+    """The kernel gradient of `_conv2d(x, kernel, ...)` given the output cotangent `dy`.
+
+    kernel[a, b] meets, for every output pixel, the input pixel at offset (a, b) of its window,
+    so its gradient is one (per-group) matmul of the shifted, strided input with `dy`, summed
+    over (n, h, w). Nine matmuls for a 3x3 kernel, each reading one shifted view of the padded
+    (and, for a transposed conv, dilated) input: no patch tensor nine times the size of `x` is
+    built. Accumulates in float32.
+    """
+    kh, kw, cin_g, cout = kernel_shape
+    n, ho, wo, _ = dy.shape
+    s = stride
+    (top, bottom), (left, right) = padding
+    zero = jnp.zeros((), x.dtype)
+    xp = jax.lax.pad(x, zero, ((0, 0, 0), (top, bottom, dilation - 1), (left, right, dilation - 1), (0, 0, 0)))
+    dy_g = dy.reshape(n, ho, wo, groups, cout // groups)
+    taps = []
+    for a in range(kh):
+        for b in range(kw):
+            end = (n, a + (ho - 1) * s + 1, b + (wo - 1) * s + 1, xp.shape[3])
+            shifted = jax.lax.slice(xp, (0, a, b, 0), end, (1, s, s, 1)).reshape(n, ho, wo, groups, cin_g)
+            taps.append(jnp.einsum("nhwgi,nhwgo->igo", shifted, dy_g, preferred_element_type=jnp.float32))
+    return jnp.stack(taps).reshape(kernel_shape).astype(dy.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv2d_tapwise_grad(x: Array, kernel: Array, stride: int, padding: Padding, groups: int, dilation: int) -> Array:
+    """XLA's convolution, whose kernel gradient is `tapwise_kernel_grad` (matmuls).
+
+    Forward and input gradient are XLA's own; only the kernel gradient, which XLA:CPU computes
+    slowly (and XLA's grouped convolution everywhere, jax-ml/jax issue 13800), is replaced.
+    """
+    return _conv2d(x, kernel, stride, padding, groups, dilation)
+
+
+def _tapwise_fwd(x, kernel, stride, padding, groups, dilation):
+    return _conv2d(x, kernel, stride, padding, groups, dilation), (x, kernel)
+
+
+def _tapwise_bwd(stride, padding, groups, dilation, residuals, dy):
+    x, kernel = residuals
+    _, input_vjp = jax.vjp(lambda x: _conv2d(x, kernel, stride, padding, groups, dilation), x)
+    (dx,) = input_vjp(dy)
+    return dx, tapwise_kernel_grad(x, dy, kernel.shape, stride, padding, groups, dilation)
+
+
+conv2d_tapwise_grad.defvjp(_tapwise_fwd, _tapwise_bwd)
+
+
+CONV_IMPLS = ("matmul", "xla")
+CONV_TRANSPOSE_IMPLS = ("taps", "xla")
+
+
+def _choose(env: str, impls: tuple[str, ...], cpu_default: str, other_default: str) -> str:
+    """An implementation: `env` if set (checked against `impls`), else the backend's default."""
+    forced = os.environ.get(env)
+    if forced:
+        if forced not in impls:
+            raise ValueError(f"{env}={forced!r}: expected one of {impls}")
+        return forced
+    return cpu_default if jax.default_backend() == "cpu" else other_default
+
+
+def default_conv_impl() -> str:
+    """Plain convolutions: "matmul" on CPU, "xla" elsewhere; `SALT_JAX_CONV` overrides.
+
+    XLA:CPU computes a 1x1 convolution, and the kernel gradient of any convolution, several
+    times slower than the same work as matmuls (docs/BENCHMARKS.md); GPUs and TPUs run XLA's
+    convolutions with their own libraries, which is what "xla" keeps.
+    """
+    return _choose("SALT_JAX_CONV", CONV_IMPLS, "matmul", "xla")
+
+
+def default_conv_transpose_impl() -> str:
+    """Transposed convolutions: "taps" on CPU, "xla" elsewhere; `SALT_JAX_CONV_TRANSPOSE` overrides."""
+    return _choose("SALT_JAX_CONV_TRANSPOSE", CONV_TRANSPOSE_IMPLS, "taps", "xla")
+
+
+def _check_impl(impl: str | None, impls: tuple[str, ...]) -> None:
+    if impl is not None and impl not in impls:
+        raise ValueError(f"impl={impl!r}: expected one of {impls} or None")
+
+
+class Conv(nnx.Conv):
+    """nnx.Conv (same parameters: `kernel` (k, k, in, out), `bias`) with a choice of algorithm.
+
+    "xla": nnx.Conv's convolution. "matmul": a 1x1 kernel is one matmul (after the stride's
+    subsampling); a 3x3 kernel keeps XLA's forward and input gradient and takes its kernel
+    gradient from `tapwise_kernel_grad`; larger kernels (the 7x7 stem, 3 input channels, whose
+    49 skinny matmuls measured slower) stay XLA's. `impl=None` defers to `default_conv_impl()`.
+    """
+
+    def __init__(self, *args, impl: str | None = None, **kwargs):
+        _check_impl(impl, CONV_IMPLS)
+        super().__init__(*args, **kwargs)
+        self.impl = impl
+
+    def set_view(self, conv_impl: str | None = None) -> None:
+        """Hook of `nnx.view(model, conv_impl=...)`: the same weights computed with another algorithm."""
+        if conv_impl is not None:
+            _check_impl(conv_impl, CONV_IMPLS)
+            self.impl = conv_impl
+
+    def __call__(self, x: Array) -> Array:
+        k = self.kernel_size[0]
+        if (self.impl or default_conv_impl()) == "xla" or k > 3:
+            return super().__call__(x)
+        x = x.astype(self.dtype)
+        kernel = self.kernel[...].astype(self.dtype)
+        s = self.strides[0]
+        if k == 1:  # padding 0: output pixel (i, j) reads input pixel (s*i, s*j)
+            y = jnp.einsum("nhwi,io->nhwo", x[:, ::s, ::s], kernel[0, 0])
+        else:
+            y = conv2d_tapwise_grad(x, kernel, s, self.padding, 1, 1)
+        return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
 def conv(
@@ -35,9 +171,9 @@ def conv(
     use_bias: bool = False,
     dtype=jnp.float32,
     rngs: nnx.Rngs,
-) -> nnx.Conv:
+) -> Conv:
     """A PyTorch `Conv2d(in, out, k, stride, padding)` on NHWC input, float32 parameters."""
-    return nnx.Conv(
+    return Conv(
         in_features,
         out_features,
         kernel_size=(kernel_size, kernel_size),
@@ -69,6 +205,58 @@ def example_weights(valid: Array):
         yield
     finally:
         _EXAMPLE_WEIGHTS.reset(token)
+
+
+class ConvTranspose(nnx.ConvTranspose):
+    """nnx.ConvTranspose with `transpose_kernel=True` (its parameters) and a choice of algorithm.
+
+    "xla": nnx.ConvTranspose. "taps": the same convolution written as XLA's stride-1 conv of
+    the stride-dilated input with the flipped, transposed kernel (what `lax.conv_transpose`
+    computes), whose kernel gradient is `tapwise_kernel_grad`: XLA:CPU's own kernel gradient
+    of a transposed convolution was the slowest operation of the UNet's train step.
+    `impl=None` defers to `default_conv_transpose_impl()`.
+    """
+
+    def __init__(self, *args, impl: str | None = None, **kwargs):
+        _check_impl(impl, CONV_TRANSPOSE_IMPLS)
+        super().__init__(*args, transpose_kernel=True, **kwargs)
+        self.impl = impl
+
+    def set_view(self, conv_transpose_impl: str | None = None) -> None:
+        """Hook of `nnx.view(model, conv_transpose_impl=...)`."""
+        if conv_transpose_impl is not None:
+            _check_impl(conv_transpose_impl, CONV_TRANSPOSE_IMPLS)
+            self.impl = conv_transpose_impl
+
+    def __call__(self, x: Array) -> Array:
+        if (self.impl or default_conv_transpose_impl()) == "xla":
+            return super().__call__(x)
+        x = x.astype(self.dtype)
+        # (k, k, out, in) -> flipped (k, k, in, out): the kernel lax.conv_transpose convolves with.
+        kernel = jnp.swapaxes(jnp.flip(self.kernel[...], (0, 1)), 2, 3).astype(self.dtype)
+        y = conv2d_tapwise_grad(x, kernel, 1, self.padding, 1, self.strides[0])
+        return y if self.bias is None else y + self.bias[...].astype(self.dtype)
+
+
+def conv_transpose(
+    in_features: int, out_features: int, kernel_size: int, *, stride: int, padding: int, dtype, rngs: nnx.Rngs
+) -> ConvTranspose:
+    """A PyTorch `ConvTranspose2d(in, out, k, stride, padding)` (bias) on NHWC input.
+
+    torch's output equals a stride-1 convolution of the stride-dilated input padded k-1-p on
+    each side with the kernel flipped (`transpose_kernel=True`); kernel shape (k, k, out, in).
+    """
+    pad = kernel_size - 1 - padding
+    return ConvTranspose(
+        in_features,
+        out_features,
+        kernel_size=(kernel_size, kernel_size),
+        strides=(stride, stride),
+        padding=((pad, pad), (pad, pad)),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        rngs=rngs,
+    )
 
 
 class BatchNorm(nnx.Module):
@@ -136,25 +324,22 @@ def _batch_moments(x: Array, valid: Array | None) -> tuple[Array, Array, int | A
     return mean, jnp.sum(jnp.square(x - mean) * w, axis=axes) / n, n
 
 
-GROUPED_IMPLS = ("native", "dense")
+GROUPED_IMPLS = ("taps", "native", "dense")
 
 
-def default_grouped_impl(backend: str | None = None) -> str:
-    """The grouped-conv implementation to use on `backend`, chosen by measurement.
+def default_grouped_impl(groups: int = 32) -> str:
+    """The grouped-conv implementation for a conv of `groups` groups; `SALT_JAX_GROUPED_CONV` overrides.
 
-    CPU: "dense". XLA's CPU weight gradient of a 32-group conv is ~50x slower than a dense
-    conv (docs/BENCHMARKS.md), so the block-diagonal expansion wins despite 32x the FLOPs.
-    GPU/TPU: "native" (cuDNN and the TPU compiler implement grouped convs directly; see
-    docs/BENCHMARKS.md for the GPU measurement status).
-    `SALT_JAX_GROUPED_CONV=native|dense` overrides the choice everywhere.
+    "taps" on every backend for the encoders' 32 groups: XLA's own kernel gradient of a 32-group
+    conv ("native") is ~50x slower than a dense conv on CPU (docs/BENCHMARKS.md) and reported
+    slow on CUDA too (jax-ml/jax issue 13800); "taps" keeps XLA's grouped forward and input
+    gradient and computes the kernel gradient with matmuls. On CPU, 4 groups or fewer (the tiny
+    encoder) take "dense": the block-diagonal kernel costs only 4x the FLOPs there and its train
+    step measured 12% faster than taps. The GPU default is not measured yet
+    (benchmarks/gpu_all.sh measures all three).
     """
-    forced = os.environ.get("SALT_JAX_GROUPED_CONV")
-    if forced:
-        if forced not in GROUPED_IMPLS:
-            raise ValueError(f"SALT_JAX_GROUPED_CONV={forced!r}: expected one of {GROUPED_IMPLS}")
-        return forced
-    backend = backend or jax.default_backend()
-    return "dense" if backend == "cpu" else "native"
+    cpu = "dense" if groups <= 4 else "taps"
+    return _choose("SALT_JAX_GROUPED_CONV", GROUPED_IMPLS, cpu, "taps")
 
 
 def block_diagonal_kernel(kernel: Array, groups: int) -> Array:
@@ -172,11 +357,12 @@ def block_diagonal_kernel(kernel: Array, groups: int) -> Array:
 
 
 class GroupedConv(nnx.Module):
-    """`Conv2d(cin, cout, k, stride, padding, groups, bias=False)`; one kernel, two algorithms.
+    """`Conv2d(cin, cout, k, stride, padding, groups, bias=False)`; one kernel, three algorithms.
 
     The parameter is `kernel` of shape (k, k, cin // groups, cout) whatever the `impl`:
-    "native" uses XLA's `feature_group_count`, "dense" the block-diagonal dense kernel.
-    `impl=None` defers to `default_grouped_impl()` at trace time.
+    "native" uses XLA's `feature_group_count`, "dense" the block-diagonal dense kernel, "taps"
+    the native forward with `tapwise_kernel_grad` as its kernel gradient.
+    `impl=None` defers to `default_grouped_impl(groups)` at trace time.
     """
 
     def __init__(
@@ -212,20 +398,15 @@ class GroupedConv(nnx.Module):
             self.impl = impl
 
     def __call__(self, x: Array) -> Array:
-        impl = self.impl or default_grouped_impl()
+        impl = self.impl or default_grouped_impl(self.groups)
+        x = x.astype(self.dtype)
         kernel = self.kernel[...].astype(self.dtype)
-        groups = self.groups
+        padding = _pairs(self.padding)
+        if impl == "taps":
+            return conv2d_tapwise_grad(x, kernel, self.stride, padding, self.groups, 1)
         if impl == "dense":
-            kernel, groups = block_diagonal_kernel(kernel, self.groups), 1
-        p = self.padding
-        return jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            kernel,
-            window_strides=(self.stride, self.stride),
-            padding=((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=groups,
-        )
+            return _conv2d(x, block_diagonal_kernel(kernel, self.groups), self.stride, padding, 1)
+        return _conv2d(x, kernel, self.stride, padding, self.groups)
 
 
 def max_pool_ceil(x: Array, window: int, stride: int) -> Array:

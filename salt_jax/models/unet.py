@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from salt_jax.models.layers import BatchNorm, conv, max_pool
+from salt_jax.models.layers import BatchNorm, conv, conv_transpose, max_pool
 from salt_jax.models.senet import CONFIGS as SENET_CONFIGS
 from salt_jax.models.senet import SEModule, SENet, SENetConfig
 
@@ -88,24 +88,14 @@ class ConvBnRelu(nnx.Module):
 class DecoderBlock(nnx.Module):
     """ConvBnRelu(in -> mid) -> ConvTranspose(mid -> out, k4, s2, p1, bias) -> ReLU; doubles H, W.
 
-    torch `ConvTranspose2d(k=4, s=2, p=1)` equals a transposed conv padded k-1-p = 2 on each
-    side with the kernel flipped (`transpose_kernel=True`); kernel shape (4, 4, out, in).
+    The transposed conv is torch's `ConvTranspose2d(k=4, s=2, p=1)` (`layers.conv_transpose`);
+    kernel shape (4, 4, out, in).
     """
 
     def __init__(self, in_features: int, mid_features: int, out_features: int, *, dtype, rngs: nnx.Rngs):
         self.conv = conv(in_features, mid_features, 3, padding=1, use_bias=True, dtype=dtype, rngs=rngs)
         self.bn = BatchNorm(mid_features)
-        self.deconv = nnx.ConvTranspose(
-            mid_features,
-            out_features,
-            kernel_size=(4, 4),
-            strides=(2, 2),
-            padding=((2, 2), (2, 2)),
-            transpose_kernel=True,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            rngs=rngs,
-        )
+        self.deconv = conv_transpose(mid_features, out_features, 4, stride=2, padding=1, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
         return jax.nn.relu(self.deconv(jax.nn.relu(self.bn(self.conv(x)))))
@@ -163,7 +153,7 @@ class SaltUNet(nnx.Module):
       rngs: parameter initialisation.
       dtype: compute dtype (e.g. jnp.bfloat16); parameters and BatchNorm statistics stay
         float32 and both outputs are float32.
-      grouped_impl: grouped-conv implementation, "native" | "dense" | None (per backend).
+      grouped_impl: grouped-conv implementation, "taps" | "native" | "dense" | None (default).
     """
 
     def __init__(

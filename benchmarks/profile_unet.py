@@ -1,0 +1,142 @@
+"""Where the time of a SaltUNet train step and forward goes on this backend, per XLA operation.
+
+    python benchmarks/profile_unet.py                         # SE-ResNeXt-50, batch 2, CPU
+    python benchmarks/profile_unet.py --model tiny --top 20
+
+Runs the train step and the eval forward of benchmarks/bench_unet.py (same program, random
+weights) under `jax.profiler.trace`, reads the per-operation events of the Perfetto trace and
+joins them with the compiled HLO (event name = HLO instruction name). Each operation is put in a
+category from its HLO: a convolution or a fusion around one (YNNPACK's fusions wrap convolutions
+and matmuls) is "conv <k>x<k> forward / input grad / kernel grad", grouped or not; a dot is
+"matmul"; loop fusions are "elementwise" (BatchNorm, ReLU, gating, Adam), copy/transpose fusions
+"layout copies"; the rest by opcode. Prints a markdown table per task: category, ms, share of the
+summed operation time, operation count, and the slowest single operations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+import jax
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_unet import batch_data, jax_programs  # noqa: E402
+
+INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)\{?[\d,]*\}? (\w[\w-]*)\((.*)$")
+
+
+def parse_hlo(text: str) -> tuple[dict[str, dict], dict[str, str]]:
+    """Instructions by name (opcode, shape, attributes) and the ROOT of every computation."""
+    instrs, roots, current = {}, {}, None
+    for line in text.splitlines():
+        if line.startswith(("%", "ENTRY")) and line.rstrip().endswith("{"):
+            current = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+            continue
+        m = INSTR.match(line)
+        if m:
+            name, shape, opcode, rest = m.groups()
+            instrs[name] = {"opcode": opcode, "shape": shape, "rest": rest}
+            if line.lstrip().startswith("ROOT") and current:
+                roots[current] = name
+    return instrs, roots
+
+
+def _attr(rest: str, key: str) -> str | None:
+    m = re.search(key + r"=([^,}]+)", rest)
+    return m.group(1) if m else None
+
+
+def category(name: str, instrs: dict, roots: dict) -> str:
+    ins = instrs.get(name)
+    if ins is None:
+        return "other"
+    op, rest = ins["opcode"], ins["rest"]
+    if op == "fusion":
+        called = _attr(rest, "calls")
+        root = instrs.get(roots.get((called or "").lstrip("%"), ""), {})
+        if root.get("opcode") in ("convolution", "dot"):
+            ins, op, rest = {**root, "rest": root["rest"] + rest}, root["opcode"], root["rest"] + " " + rest
+        elif name.startswith("ynn_fusion"):
+            return "YNNPACK fusion (other)"
+        elif "transpose" in name or "copy" in name:
+            return "layout copies (transpose/copy)"
+        elif "reduce" in name or _attr(rest, "kind") == "kInput":
+            return "reductions (BN statistics, means)"
+        else:
+            return "elementwise (BN, ReLU, gates, Adam)"
+    op_name = re.search(r'op_name="([^"]*)"', rest)
+    backward = op_name is not None and "transpose(" in op_name.group(1)
+    if op == "convolution":
+        size = (_attr(rest, r"window=\{size") or "?").split("x")[0]
+        grouped = " grouped" if _attr(rest, "feature_group_count") else ""
+        # The kernel gradient is a convolution whose window is the output map (>= 8x8 here);
+        # XLA adds some of them without a source op_name.
+        if size.isdigit() and int(size) >= 8:
+            return f"conv{grouped} kernel grad (XLA)"
+        return f"conv {size}x{size}{grouped} {'input grad' if backward else 'forward'}"
+    if op == "dot":
+        return "matmul (backward)" if backward else "matmul (forward)"
+    if op in ("reduce-window", "select-and-scatter"):
+        return "max pool"
+    return op
+
+
+def profile(fn, args, label: str, top: int) -> str:
+    compiled = fn.lower(*args).compile()
+    instrs, roots = parse_hlo(compiled.as_text())
+    jax.block_until_ready(fn(*args))  # warm
+    logdir = tempfile.mkdtemp(prefix="salt_prof_")
+    start = time.perf_counter()
+    with jax.profiler.trace(logdir, create_perfetto_trace=True):
+        jax.block_until_ready(fn(*args))
+    wall_ms = (time.perf_counter() - start) * 1e3
+    trace = json.load(gzip.open(sorted(glob.glob(f"{logdir}/**/*.trace.json.gz", recursive=True))[-1]))
+    per_cat, count, ops = collections.Counter(), collections.Counter(), []
+    for e in trace["traceEvents"]:
+        name = e.get("name", "")
+        if e.get("ph") == "X" and name in instrs:
+            cat = category(name, instrs, roots)
+            per_cat[cat] += e["dur"] / 1e3
+            count[cat] += 1
+            ops.append((e["dur"] / 1e3, name, cat, instrs[name]["shape"]))
+    total = sum(per_cat.values())
+    lines = [f"### {label}: {wall_ms:.0f} ms wall (traced call), {total:.0f} ms summed over {len(ops)} operations",
+             "", "| category | ms | share | ops |", "|---|---:|---:|---:|"]
+    for cat, ms in per_cat.most_common():
+        lines.append(f"| {cat} | {ms:.0f} | {100 * ms / total:.1f}% | {count[cat]} |")
+    lines += ["", f"Slowest {top} operations:", "", "| ms | category | output | HLO name |", "|---:|---|---|---|"]
+    for ms, name, cat, shape in sorted(ops, reverse=True)[:top]:
+        lines.append(f"| {ms:.1f} | {cat} | `{shape}` | {name} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="se_resnext50_32x4d", choices=["se_resnext50_32x4d", "se_resnext101_32x4d", "tiny"])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--tasks", nargs="+", default=["unet_train_step", "unet_forward"])
+    args = parser.parse_args()
+
+    from salt_jax.models import io
+
+    arch = "unet_tiny" if args.model == "tiny" else f"unet_{args.model}"
+    programs = jax_programs(io.build(arch), *batch_data(args.batch))
+    print(f"{arch} batch {args.batch}, {jax.devices()[0].platform}, jax {jax.__version__}, "
+          f"load {os.getloadavg()[0]:.1f}, grouped conv {os.environ.get('SALT_JAX_GROUPED_CONV', 'default')}\n")
+    for task in args.tasks:
+        fn, task_args = programs[task]
+        print(profile(fn, task_args, f"{arch} {task}", args.top), "\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""Every formulation of a convolution (layers.py) against torch's autograd in float64.
+
+The reference is torch's `F.conv2d(groups=g)` and its autograd, run in float64: an
+implementation independent of XLA, exact to ~1e-16 at these sizes. Values and gradients are
+compared with
+
+    rel_err(a, b) = max|a - b| / max|b|
+
+(the worst absolute error in units of the largest reference entry; element-wise relative error
+is meaningless for entries that happen to sit near zero).
+
+float32 tolerance 1e-5: each entry is a sum of at most a few hundred products (9 * cin/g for
+the value and the input gradient, n * h * w for the kernel gradient); float32 rounding (6e-8
+per operation) over such sums stays below ~2e-6 even summed linearly over a few hundred terms of
+random sign, while a wrong tap, group or stride gives errors of order 1.
+bfloat16 tolerance 2e-2: bf16 keeps 8 significant bits (rounding 2^-9 = 2e-3 per operation);
+inputs, kernel, cotangent and outputs are each rounded once and XLA may accumulate in bf16, so a
+few 2^-9 roundings plus partial-sum rounding; 2e-2 is 10x that, still far below an indexing error.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from salt_jax.models import layers
+from salt_jax.models.senet import CONFIGS
+
+torch = pytest.importorskip("torch")
+
+pytestmark = pytest.mark.timeout(600)
+REPO = Path(__file__).resolve().parents[1]
+F32_RTOL, BF16_RTOL = 1e-5, 2e-2
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def grouped_shapes() -> list[tuple[str, int, int, int]]:
+    """(encoders, width, groups, stride) of every grouped 3x3 conv shape the encoders contain.
+
+    A stage's first block carries its stride (1, 2, 2, 2), the others stride 1.
+    SE-ResNeXt-50 and -101 differ only in block counts, so they share their shapes.
+    """
+    users: dict[tuple[int, int, int], list[str]] = {}
+    for name, cfg in CONFIGS.items():
+        for planes, blocks, stride in zip(cfg.planes, cfg.blocks, (1, 2, 2, 2)):
+            width = (planes * cfg.base_width // 64) * cfg.groups
+            for s in {stride, 1} if blocks > 1 else {stride}:
+                users.setdefault((width, cfg.groups, s), []).append(name)
+    return sorted(("+".join(sorted(set(names))), *shape) for shape, names in users.items())
+
+
+def case(width: int, groups: int, size: int, seed: int = 0):
+    """x (2, size, size, width), kernel (3, 3, width/g, width), cotangent of the output."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, size, size, width)).astype(np.float32)
+    kernel = (rng.standard_normal((3, 3, width // groups, width)) / np.sqrt(9 * width // groups)).astype(np.float32)
+    return x, kernel, rng
+
+
+def torch_reference(x, kernel, dy, stride, padding, groups):
+    """(y, dx, dkernel) from torch autograd in float64; NHWC/HWIO in and out."""
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64, requires_grad=True)
+    kt = torch.tensor(kernel.transpose(3, 2, 0, 1), dtype=torch.float64, requires_grad=True)  # OIHW
+    y = torch.nn.functional.conv2d(xt, kt, stride=stride, padding=padding, groups=groups)
+    y.backward(torch.tensor(dy.transpose(0, 3, 1, 2), dtype=torch.float64))
+    return (y.detach().numpy().transpose(0, 2, 3, 1), xt.grad.numpy().transpose(0, 2, 3, 1),
+            kt.grad.numpy().transpose(2, 3, 1, 0))
+
+
+def grouped_value_and_grads(impl, x, kernel, dy, stride, groups, dtype):
+    """(y, dx, dkernel) of a GroupedConv with `impl` under jit, as float32 numpy."""
+    conv = layers.GroupedConv(x.shape[-1], kernel.shape[-1], 3, stride=stride, padding=1, groups=groups,
+                              impl=impl, dtype=dtype, rngs=nnx.Rngs(0))
+    conv.kernel[...] = jnp.asarray(kernel)
+    graphdef, state = nnx.split(conv)
+
+    @jax.jit
+    def run(state, x, dy):
+        y, vjp = jax.vjp(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+        dstate, dx = vjp(dy.astype(y.dtype))
+        return y, dx, dstate["kernel"][...]
+
+    return [np.asarray(a, np.float32) for a in run(state, jnp.asarray(x, dtype), jnp.asarray(dy))]
+
+
+def bf16_round(a: np.ndarray) -> np.ndarray:
+    return np.asarray(jnp.asarray(a, jnp.bfloat16), np.float32)
+
+
+@pytest.mark.parametrize("impl", ["taps", "dense"])
+@pytest.mark.parametrize("encoder,width,groups,stride", grouped_shapes())
+def test_grouped_conv_value_and_grads_float32(encoder, width, groups, stride, impl):
+    # 6x6: even like every map of the 128x128 UNet (the stride-2 windows end at the last column).
+    x, kernel, rng = case(width, groups, size=6)
+    dy = rng.standard_normal((2, 6 // stride, 6 // stride, width)).astype(np.float32)
+    expected = torch_reference(x, kernel, dy, stride, 1, groups)
+    got = grouped_value_and_grads(impl, x, kernel, dy, stride, groups, jnp.float32)
+    for name, g, e in zip(("value", "input grad", "kernel grad"), got, expected):
+        assert rel_err(g, e) <= F32_RTOL, (encoder, name)
+
+
+def test_grouped_conv_taps_odd_size_stride_2():
+    # Off the UNet's path, but the layer is public: an odd map leaves the last input column unread.
+    x, kernel, rng = case(16, 4, size=7)
+    dy = rng.standard_normal((2, 4, 4, 16)).astype(np.float32)
+    expected = torch_reference(x, kernel, dy, 2, 1, 4)
+    got = grouped_value_and_grads("taps", x, kernel, dy, 2, 4, jnp.float32)
+    assert max(rel_err(g, e) for g, e in zip(got, expected)) <= F32_RTOL
+
+
+@pytest.mark.parametrize("impl", ["taps", "dense"])
+@pytest.mark.parametrize("width,groups,stride", [(128, 32, 1), (256, 32, 2), (16, 4, 2)])
+def test_grouped_conv_value_and_grads_bfloat16(width, groups, stride, impl):
+    """bf16 compute, float32 kernel parameter: against float64 on the bf16-rounded inputs."""
+    x, kernel, rng = case(width, groups, size=6)
+    dy = rng.standard_normal((2, 6 // stride, 6 // stride, width)).astype(np.float32)
+    x, dy = bf16_round(x), bf16_round(dy)
+    expected = torch_reference(x, bf16_round(kernel), dy, stride, 1, groups)
+    got = grouped_value_and_grads(impl, x, kernel, dy, stride, groups, jnp.bfloat16)
+    for name, g, e in zip(("value", "input grad", "kernel grad"), got, expected):
+        assert rel_err(g, e) <= BF16_RTOL, name
+
+
+SHARDED_SCRIPT = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from salt_jax.mesh import DATA_AXIS, data_mesh
+from salt_jax.models.layers import GroupedConv
+from tests.test_conv_formulations import case
+
+assert jax.device_count() == 2, jax.devices()
+width, groups, stride = 256, 32, 2
+x, kernel, rng = case(width, groups, size=6)
+x = np.concatenate([x, x[::-1] * 0.5])  # batch 4: two images per device
+dy = rng.standard_normal((4, 3, 3, width)).astype(np.float32)
+conv = GroupedConv(width, width, 3, stride=stride, groups=groups, impl="taps", rngs=nnx.Rngs(0))
+conv.kernel[...] = jnp.asarray(kernel)
+graphdef, state = nnx.split(conv)
+mesh = data_mesh()
+batch = NamedSharding(mesh, P(DATA_AXIS))
+state = jax.device_put(state, NamedSharding(mesh, P()))
+
+@jax.jit
+def step(state, x, dy):
+    # <y, dy> as the loss: its gradients are exactly the VJP of the conv with cotangent dy.
+    def loss(state, x):
+        return jnp.sum(nnx.merge(graphdef, state)(x) * dy)
+    (value, (dstate, dx)) = jax.value_and_grad(loss, argnums=(0, 1))(state, x)
+    return value, dx, dstate["kernel"][...]
+
+value, dx, dk = jax.block_until_ready(step(state, jax.device_put(x, batch), jax.device_put(dy, batch)))
+assert dx.sharding.spec[0] == DATA_AXIS, dx.sharding
+np.savez(sys.argv[1], x=x, kernel=kernel, dy=dy, value=np.asarray(value), dx=np.asarray(dx), dk=np.asarray(dk))
+print("ok")
+"""
+
+
+def test_grouped_conv_taps_under_data_parallel_sharding(tmp_path):
+    """Batch sharded over 2 fake CPU devices: the kernel gradient sums over both shards."""
+    out = tmp_path / "sharded.npz"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(out)], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+    got = np.load(out)
+    y, dx, dk = torch_reference(got["x"], got["kernel"], got["dy"], 2, 1, 32)
+    assert rel_err(got["value"], np.sum(y * got["dy"])) <= F32_RTOL
+    assert rel_err(got["dx"], dx) <= F32_RTOL
+    assert rel_err(got["dk"], dk) <= F32_RTOL
+
+
+def test_defaults_and_env_overrides(monkeypatch):
+    for env in ("SALT_JAX_GROUPED_CONV", "SALT_JAX_CONV", "SALT_JAX_CONV_TRANSPOSE"):
+        monkeypatch.delenv(env, raising=False)
+    if jax.default_backend() != "cpu":
+        pytest.skip("checks the CPU defaults")
+    assert (layers.default_grouped_impl(32), layers.default_conv_impl(), layers.default_conv_transpose_impl()) == (
+        "taps", "matmul", "taps")
+    assert layers.default_grouped_impl(4) == "dense"  # the tiny encoder's 4 groups
+    monkeypatch.setenv("SALT_JAX_GROUPED_CONV", "dense")
+    monkeypatch.setenv("SALT_JAX_CONV", "xla")
+    assert (layers.default_grouped_impl(32), layers.default_conv_impl()) == ("dense", "xla")
+    monkeypatch.setenv("SALT_JAX_CONV_TRANSPOSE", "fast")
+    with pytest.raises(ValueError, match="SALT_JAX_CONV_TRANSPOSE='fast'"):
+        layers.default_conv_transpose_impl()
+
+
+def torch_conv_reference(x, kernel, bias, dy, stride, padding, transposed=False):
+    """(y, dx, dkernel, dbias) of torch's Conv2d / ConvTranspose2d in float64, NHWC and our kernel layout.
+
+    Our conv kernel is HWIO; our transposed-conv kernel is (k, k, out, in), i.e. torch's
+    ConvTranspose2d weight (in, out, k, k) with the spatial axes first and in/out swapped.
+    """
+    f64 = dict(dtype=torch.float64, requires_grad=True)
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), **f64)
+    kt = torch.tensor(kernel.transpose(3, 2, 0, 1), **f64)  # OIHW; for ConvTranspose2d (in, out, k, k)
+    bt = torch.tensor(bias, **f64)
+    op = torch.nn.functional.conv_transpose2d if transposed else torch.nn.functional.conv2d
+    y = op(xt, kt, bt, stride=stride, padding=padding)
+    y.backward(torch.tensor(dy.transpose(0, 3, 1, 2), dtype=torch.float64))
+    return (y.detach().numpy().transpose(0, 2, 3, 1), xt.grad.numpy().transpose(0, 2, 3, 1),
+            kt.grad.numpy().transpose(2, 3, 1, 0), bt.grad.numpy())
+
+
+def layer_value_and_grads(layer, x, dy, dtype=jnp.float32):
+    """(y, dx, dkernel, dbias) of an NNX conv layer under jit, as float32 numpy."""
+    graphdef, state = nnx.split(layer)
+
+    @jax.jit
+    def run(state, x, dy):
+        y, vjp = jax.vjp(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+        dstate, dx = vjp(dy.astype(y.dtype))
+        return y, dx, dstate["kernel"][...], dstate["bias"][...]
+
+    return [np.asarray(a, np.float32) for a in run(state, jnp.asarray(x, dtype), jnp.asarray(dy))]
+
+
+# (in, out, kernel, stride, padding, size): the UNet's plain conv kinds at small sizes. 1x1:
+# bottleneck conv1/conv3, the strided downsample, sSE's and the final 1-channel convs;
+# 3x3: decoder and center convs; 7x7: the stem (3 input channels, stays XLA's).
+PLAIN_CONVS = [(64, 128, 1, 1, 0, 6), (256, 512, 1, 2, 0, 6), (64, 1, 1, 1, 0, 6), (96, 64, 3, 1, 1, 6),
+               (40, 24, 3, 1, 1, 5), (3, 16, 7, 1, 3, 8)]
+
+
+@pytest.mark.parametrize("impl", ["matmul", "xla"])
+@pytest.mark.parametrize("cin,cout,k,stride,padding,size", PLAIN_CONVS)
+def test_conv_value_and_grads_float32(cin, cout, k, stride, padding, size, impl):
+    layer = layers.conv(cin, cout, k, stride=stride, padding=padding, use_bias=True, rngs=nnx.Rngs(0))
+    layer.impl = impl
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, size, size, cin)).astype(np.float32)
+    kernel = (rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    layer.kernel[...], layer.bias[...] = jnp.asarray(kernel), jnp.asarray(bias)
+    out = (size + 2 * padding - k) // stride + 1
+    dy = rng.standard_normal((2, out, out, cout)).astype(np.float32)
+    expected = torch_conv_reference(x, kernel, bias, dy, stride, padding)
+    for name, g, e in zip(("value", "input grad", "kernel grad", "bias grad"), layer_value_and_grads(layer, x, dy), expected):
+        assert rel_err(g, e) <= F32_RTOL, name
+
+
+@pytest.mark.parametrize("impl", ["taps", "xla"])
+@pytest.mark.parametrize("cin,cout,size", [(48, 16, 4), (24, 8, 5)])
+def test_conv_transpose_value_and_grads_float32(cin, cout, size, impl):
+    """torch ConvTranspose2d(k=4, s=2, p=1), the decoder's upsampling."""
+    layer = layers.conv_transpose(cin, cout, 4, stride=2, padding=1, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    layer.impl = impl
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, size, size, cin)).astype(np.float32)
+    kernel = (rng.standard_normal((4, 4, cout, cin)) / np.sqrt(4 * cin)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    layer.kernel[...], layer.bias[...] = jnp.asarray(kernel), jnp.asarray(bias)
+    dy = rng.standard_normal((2, 2 * size, 2 * size, cout)).astype(np.float32)
+    expected = torch_conv_reference(x, kernel, bias, dy, 2, 1, transposed=True)
+    for name, g, e in zip(("value", "input grad", "kernel grad", "bias grad"), layer_value_and_grads(layer, x, dy), expected):
+        assert rel_err(g, e) <= F32_RTOL, name
+
+
+def test_matmul_formulations_in_bfloat16():
+    """bf16 compute, float32 parameters: against float64 on the bf16-rounded inputs."""
+    rng = np.random.default_rng(3)
+    cases = [(layers.conv(64, 32, 1, stride=2, use_bias=True, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), False, 2, 0, 64, 32, 1),
+             (layers.conv(48, 32, 3, padding=1, use_bias=True, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), False, 1, 1, 48, 32, 3),
+             (layers.conv_transpose(32, 16, 4, stride=2, padding=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), True, 2, 1, 32, 16, 4)]
+    for layer, transposed, stride, padding, cin, cout, k in cases:
+        layer.impl = "taps" if transposed else "matmul"
+        x = bf16_round(rng.standard_normal((2, 6, 6, cin)).astype(np.float32))
+        shape = (k, k, cout, cin) if transposed else (k, k, cin, cout)
+        kernel = bf16_round((rng.standard_normal(shape) / np.sqrt(k * k * cin)).astype(np.float32))
+        bias = bf16_round(rng.standard_normal(cout).astype(np.float32))
+        layer.kernel[...], layer.bias[...] = jnp.asarray(kernel), jnp.asarray(bias)
+        out = 12 if transposed else (6 + 2 * padding - k) // stride + 1
+        dy = bf16_round(rng.standard_normal((2, out, out, cout)).astype(np.float32))
+        expected = torch_conv_reference(x, kernel, bias, dy, stride, padding, transposed)
+        got = layer_value_and_grads(layer, x, dy, jnp.bfloat16)
+        for name, g, e in zip(("value", "input grad", "kernel grad"), got, expected):
+            assert rel_err(g, e) <= BF16_RTOL, (type(layer).__name__, name)
+        # The bias gradient is autodiff's bf16 sum of dy over (n, h, w) (as in nnx.Conv): its
+        # rounding grows with the 72-288 summed terms, measured 2.1e-2; 5e-2 bounds it.
+        assert rel_err(got[3], expected[3]) <= 5e-2, type(layer).__name__
+
+
+def test_unet_train_gradients_equal_across_formulations():
+    """The tiny SaltUNet's loss gradients: the CPU formulations against XLA's own convolutions.
+
+    Every layer kind is checked against torch above; this checks the wiring (every conv of the
+    model switches, parameters keep their names and shapes). float32 noise accumulates through
+    ~40 layers and train-mode BatchNorm (which divides by small batch deviations), so 1e-4 of
+    the largest gradient entry; a layer computed wrongly gives errors of order 1.
+    """
+    from salt_jax.models import io
+
+    model = io.build("unet_tiny")
+    model.train()
+    x = jnp.asarray(np.random.default_rng(4).random((2, 128, 128, 3), np.float32))  # the classifier needs 128
+
+    def grads(view):
+        graphdef, params, rest = nnx.split(view, nnx.Param, ...)
+
+        @jax.jit
+        def g(params, rest):
+            def loss(params):
+                logits, prob = nnx.merge(graphdef, params, rest, copy=True)(x)
+                return jnp.mean(jnp.sin(logits)) + jnp.mean(prob)
+            return jax.grad(loss)(params)
+
+        return nnx.to_flat_state(g(params, rest))
+
+    fast = grads(nnx.view(model, impl="taps", conv_impl="matmul", conv_transpose_impl="taps"))
+    plain = grads(nnx.view(model, impl="dense", conv_impl="xla", conv_transpose_impl="xla"))
+    assert [path for path, _ in fast] == [path for path, _ in plain]
+    worst = max(float(jnp.max(jnp.abs(a[...] - b[...]))) for (_, a), (_, b) in zip(fast, plain))
+    scale = max(float(jnp.max(jnp.abs(b[...]))) for _, b in plain)
+    assert worst <= 1e-4 * scale, (worst, scale)
