@@ -294,18 +294,21 @@ def test_matmul_formulations_in_bfloat16():
         assert rel_err(got[3], expected[3]) <= 5e-2, type(layer).__name__
 
 
-def test_unet_train_gradients_equal_across_formulations():
+def test_unet_gradients_equal_across_formulations():
     """The tiny SaltUNet's loss gradients: the CPU formulations against XLA's own convolutions.
 
     Every layer kind is checked against torch above; this checks the wiring (every conv of the
-    model switches, parameters keep their names and shapes). float32 noise accumulates through
-    ~40 layers and train-mode BatchNorm (which divides by small batch deviations), so 1e-4 of
-    the largest gradient entry; a layer computed wrongly gives errors of order 1.
+    model switches, parameters keep their names and shapes). BatchNorm runs on its running
+    statistics: in train mode, at batch 2, its division by small batch deviations amplifies
+    float32 reduction-order noise (measured 1.1e-3 relative L2 between the two formulations,
+    against 4.6e-7 in eval mode and 8e-7 between XLA's native and dense grouped convs), which
+    would hide nothing but blur the bound. 1e-5 relative L2 over all gradients; a layer computed
+    wrongly gives errors of order 1.
     """
     from salt_jax.models import io
 
     model = io.build("unet_tiny")
-    model.train()
+    model.eval()
     x = jnp.asarray(np.random.default_rng(4).random((2, 128, 128, 3), np.float32))  # the classifier needs 128
 
     def grads(view):
@@ -323,6 +326,6 @@ def test_unet_train_gradients_equal_across_formulations():
     fast = grads(nnx.view(model, impl="taps", conv_impl="matmul", conv_transpose_impl="taps"))
     plain = grads(nnx.view(model, impl="dense", conv_impl="xla", conv_transpose_impl="xla"))
     assert [path for path, _ in fast] == [path for path, _ in plain]
-    worst = max(float(jnp.max(jnp.abs(a[...] - b[...]))) for (_, a), (_, b) in zip(fast, plain))
-    scale = max(float(jnp.max(jnp.abs(b[...]))) for _, b in plain)
-    assert worst <= 1e-4 * scale, (worst, scale)
+    err = sum(float(jnp.sum(jnp.square(a[...] - b[...]))) for (_, a), (_, b) in zip(fast, plain)) ** 0.5
+    norm = sum(float(jnp.sum(jnp.square(b[...]))) for _, b in plain) ** 0.5
+    assert err <= 1e-5 * norm, (err, norm)
