@@ -212,7 +212,7 @@ def load(
     Args:
       directory: a saved model directory, or a training workdir whose `best/` is one.
       dtype: compute dtype override (e.g. jnp.bfloat16); parameters stay float32.
-      grouped_impl: "native" | "dense" override for the grouped convolutions.
+      grouped_impl: "taps" | "native" | "dense" override for the grouped convolutions.
 
     Raises:
       CheckpointError: no checkpoint at `directory` (the message says what was expected), or a
