@@ -28,6 +28,8 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from salt_jax.losses import CROP_101
+from salt_jax.metrics import kaggle_map_np
 from salt_jax.models import io as model_io
 from salt_jax.training.checkpoint import Checkpoints
 from salt_jax.training.config import TrainConfig, load_config_json
@@ -56,6 +58,11 @@ class RunResult:
     best_val_map: float
     state: Any  # the final train state (params, rest, opt_state, step)
     compiles: dict[str, int]  # jitted function -> number of compilations in this process
+    empty_val_map: float  # val_map of predicting no salt anywhere: the baseline to beat
+
+    def summary(self) -> str:
+        """The run's last line: its best val_map next to the do-nothing baseline of the same fold."""
+        return f"best val_map {self.best_val_map:.4f} (predicting no salt: {self.empty_val_map:.4f})"
 
 
 def run(cfg: TrainConfig) -> RunResult:
@@ -68,6 +75,7 @@ def run(cfg: TrainConfig) -> RunResult:
     log = _Logger(workdir, progress=cfg.progress)
     data = load_fold(_data_dir(cfg), cfg.fold, folds_csv=cfg.folds_csv,
                      write_to=workdir / "folds.csv" if jax.process_index() == 0 else None)
+    empty_val_map = all_empty_map(data.val_masks)
     mesh = data_mesh()
     _check_batch(cfg, mesh, len(data.train_images))
     steps = Steps(_build_model(cfg), make_optimizer(cfg.recipe, cfg.resolved_weight_decay(), cfg.lr), mesh,
@@ -86,7 +94,8 @@ def run(cfg: TrainConfig) -> RunResult:
     log.rewrite_metrics(progress["history"])
     plateau = ReduceOnPlateau(**progress["plateau"])
     log.info(f"{cfg.arch} fold {cfg.fold}: {len(data.train_images)} train / {len(data.val_images)} val images, "
-             f"global batch {cfg.batch_size} on {len(jax.devices())} {jax.default_backend()} device(s)")
+             f"global batch {cfg.batch_size} on {len(jax.devices())} {jax.default_backend()} device(s); "
+             f"predicting no salt scores val_map {empty_val_map:.4f}")
 
     last_probs = None
     try:
@@ -124,7 +133,17 @@ def run(cfg: TrainConfig) -> RunResult:
         log.close()
     _pictures(workdir, progress["history"], data, last_probs, log)
     compiles = {"train_step": steps.train_step._cache_size(), "eval_step": steps.eval_step._cache_size()}
-    return RunResult(workdir, progress["history"], progress["best_val_map"], state, compiles)
+    return RunResult(workdir, progress["history"], progress["best_val_map"], state, compiles, empty_val_map)
+
+
+def all_empty_map(val_masks_128: np.ndarray) -> float:
+    """val_map of an all-empty prediction on padded (N, 128, 128) masks, scored on the 101x101 crop.
+
+    An empty prediction scores 1 on an empty mask and 0 on any other, so this is the share of
+    empty validation masks: what a model must beat to have learned anything.
+    """
+    masks = val_masks_128[:, CROP_101, CROP_101]
+    return kaggle_map_np(masks, np.zeros_like(masks))
 
 
 # ---------------------------------------------------------------------------------------------- setup
