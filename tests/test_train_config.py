@@ -25,6 +25,7 @@ def test_recipe_defaults():
 def test_demo_keeps_explicit_flags():
     cfg = parse_args(["--demo", "--epochs=2"])
     assert cfg.demo and cfg.encoder == "tiny" and cfg.epochs == 2 and cfg.switch_epoch == 1
+    assert cfg.progress and not parse_args(["--demo", "--no_progress"]).progress
 
 
 @pytest.mark.parametrize("argv, needle", [
