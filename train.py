@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 1
-    last = result.records[-1] if result.records else None
-    if last is not None:
-        print(f"done: {result.workdir}  last val_map {last['val_map']:.4f}  best val_map {result.best_val_map:.4f}")
+    if result.records:
+        print(f"done: {result.workdir}  last val_map {result.records[-1]['val_map']:.4f}")
+        print(result.summary())
     return 0
 
 

@@ -400,3 +400,16 @@ def test_small_batch_finishes_and_a_rerun_repairs_figures_and_best(data_dir, tmp
     assert {k: rebuilt[k] for k in ("epoch", "val_map", "checksums")} == {k: best_meta[k] for k in ("epoch", "val_map", "checksums")}
     for a, b in zip(jax.tree.leaves(nnx.state(io.load(workdir))), best_leaves, strict=True):
         np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_all_empty_baseline_is_the_share_of_empty_masks_on_the_crop():
+    """Hand-worked: predicting no salt scores 1 on an empty 101x101 mask and 0 on any other."""
+    from salt_jax.training.loop import RunResult, all_empty_map
+
+    masks = np.zeros((4, 128, 128), np.uint8)  # padded 101 -> 128, the crop is [13:114]
+    masks[1, 60, 60] = 1  # one salt pixel: not empty
+    masks[2, :13, :] = 1  # salt only in the reflect padding: empty once cropped
+    masks[3, 13:114, 13:114] = 1  # all salt
+    assert all_empty_map(masks) == 0.5  # images 0 and 2
+    result = RunResult(pathlib.Path("w"), [], best_val_map=0.71234, state=None, compiles={}, empty_val_map=0.5)
+    assert result.summary() == "best val_map 0.7123 (predicting no salt: 0.5000)"

@@ -38,6 +38,8 @@ from salt_jax import checksums
 from salt_jax.data import write_folds_csv
 from salt_jax.errors import UserError
 from salt_jax.fileio import atomic_write
+from salt_jax.losses import CROP_101
+from salt_jax.metrics import kaggle_map_np
 from salt_jax.models import io as model_io
 from salt_jax.training.checkpoint import Checkpoints
 from salt_jax.training.config import TrainConfig, default_workdir, load_config_json
@@ -67,7 +69,12 @@ class RunResult:
     best_val_map: float
     state: Any  # the final train state (params, rest, opt_state, step)
     compiles: dict[str, int]  # jitted function -> number of compilations in this process
+    empty_val_map: float  # val_map of predicting no salt anywhere: the baseline to beat
     start_val_map: float | None = None  # fine-tuning: the starting model's score, to be beaten
+
+    def summary(self) -> str:
+        """The run's last line: its best val_map next to the do-nothing baseline of the same fold."""
+        return f"best val_map {self.best_val_map:.4f} (predicting no salt: {self.empty_val_map:.4f})"
 
 
 def run(cfg: TrainConfig) -> RunResult:
@@ -82,6 +89,7 @@ def run(cfg: TrainConfig) -> RunResult:
     _check_workdir(workdir)
     pretrained = _load_pretrained(cfg)
     data, split = load_fold(_data_dir(cfg), cfg.fold, folds_csv=cfg.folds_csv, fold_rule=cfg.fold_rule)
+    empty_val_map = all_empty_map(data.val_masks)
     mesh = data_mesh()
     _check_batch(cfg, len(data.train_images))
     _claim_workdir(workdir, cfg, _inputs(cfg, split), split)  # the first write
@@ -110,7 +118,8 @@ def run(cfg: TrainConfig) -> RunResult:
     n_dev = mesh.devices.size
     log.info(f"{cfg.arch} fold {cfg.fold}: {len(data.train_images)} train / {len(data.val_images)} val images, "
              f"global batch {cfg.batch_size} (last partial batch kept) on {n_dev} {jax.default_backend()} device(s)"
-             + (f", padded to {padded_size(cfg.batch_size, n_dev)} and masked" if cfg.batch_size % n_dev else ""))
+             + (f", padded to {padded_size(cfg.batch_size, n_dev)} and masked" if cfg.batch_size % n_dev else "")
+             + f"; predicting no salt scores val_map {empty_val_map:.4f}")
 
     last_probs = None
     try:
@@ -153,8 +162,18 @@ def run(cfg: TrainConfig) -> RunResult:
         last_probs = _evaluate(steps, state, arrays, cfg, progress["next_epoch"] - 1)[2]
     _pictures(workdir, progress["history"], data, last_probs, log)
     compiles = {"train_step": steps.train_step._cache_size(), "eval_step": steps.eval_step._cache_size()}
-    return RunResult(workdir, progress["history"], progress["best_val_map"], state, compiles,
+    return RunResult(workdir, progress["history"], progress["best_val_map"], state, compiles, empty_val_map,
                      progress.get("start_val_map"))
+
+
+def all_empty_map(val_masks_128: np.ndarray) -> float:
+    """val_map of an all-empty prediction on padded (N, 128, 128) masks, scored on the 101x101 crop.
+
+    An empty prediction scores 1 on an empty mask and 0 on any other, so this is the share of
+    empty validation masks: what a model must beat to have learned anything.
+    """
+    masks = val_masks_128[:, CROP_101, CROP_101]
+    return kaggle_map_np(masks, np.zeros_like(masks))
 
 
 # ---------------------------------------------------------------------------------------------- setup
