@@ -380,8 +380,7 @@ class GroupedConv(nnx.Module):
     ):
         if in_features % groups or out_features % groups:
             raise ValueError(f"channels {in_features}->{out_features} not divisible by groups={groups}")
-        if impl is not None and impl not in GROUPED_IMPLS:
-            raise ValueError(f"impl={impl!r}: expected one of {GROUPED_IMPLS} or None")
+        _check_impl(impl, GROUPED_IMPLS)
         self.groups = groups
         self.stride = stride
         self.padding = padding
@@ -393,8 +392,7 @@ class GroupedConv(nnx.Module):
     def set_view(self, impl: str | None = None) -> None:
         """Hook of `nnx.view(model, impl=...)`: the same weights computed with another algorithm."""
         if impl is not None:
-            if impl not in GROUPED_IMPLS:
-                raise ValueError(f"impl={impl!r}: expected one of {GROUPED_IMPLS}")
+            _check_impl(impl, GROUPED_IMPLS)
             self.impl = impl
 
     def __call__(self, x: Array) -> Array:
