@@ -32,6 +32,7 @@ import dataclasses
 import pathlib
 from typing import Any
 
+from salt_jax.errors import UserError
 from salt_jax.training.config import TrainConfig, load_config_json
 
 # torch_training/finetune.py: Lovasz from the first epoch (switch at 0), Adam(lr=1e-6,
@@ -106,5 +107,5 @@ def load_start_model(cfg: TrainConfig, dtype: str):
 
     arch = model_io.read_metadata(cfg.finetune_from)["arch"]
     if arch != cfg.arch:
-        raise ValueError(f"--finetune_from {cfg.finetune_from} holds {arch!r}, but this run is {cfg.arch!r}")
+        raise UserError(f"--finetune_from {cfg.finetune_from} holds {arch!r}, but this run is {cfg.arch!r}")
     return model_io.load(cfg.finetune_from, dtype=jnp.dtype(dtype))

@@ -295,7 +295,13 @@ def _check_batch(cfg: TrainConfig, n_train: int) -> None:
 
 
 def _load_pretrained(cfg: TrainConfig) -> nnx.Module | None:
-    """The --pretrained encoder, verified (arch from its metadata first, then its checksums)."""
+    """The weights the run starts from, verified before anything is written: the whole
+    --finetune_from model, or the --pretrained encoder (arch from its metadata first, then its
+    checksums); None for a random start."""
+    if cfg.finetune_from:
+        from salt_jax.training.finetune import load_start_model
+
+        return load_start_model(cfg, _compute_dtype(cfg))
     if not cfg.pretrained:
         return None
     arch = model_io.read_metadata(cfg.pretrained)["arch"]  # refuse before loading the weights
@@ -304,17 +310,20 @@ def _load_pretrained(cfg: TrainConfig) -> nnx.Module | None:
     return model_io.load(cfg.pretrained)
 
 
+def _compute_dtype(cfg: TrainConfig) -> str:
+    return cfg.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+
+
 def _build_model(cfg: TrainConfig, pretrained: nnx.Module | None) -> nnx.Module:
+    """The model to train: the fine-tuning source itself, or a fresh UNet (with the ImageNet encoder)."""
     from salt_jax.models.initialize import init_module
     from salt_jax.models.unet import SaltUNet, init_encoder_from_imagenet
 
-    dtype = cfg.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
     if cfg.finetune_from:
-        from salt_jax.training.finetune import load_start_model
-
-        return load_start_model(cfg, dtype)
+        return pretrained
+    dtype = jnp.dtype(_compute_dtype(cfg))
     # Host-side init: eagerly (or under nnx.jit) XLA compiles the initialisers for ~30 s on CPU.
-    model = init_module(lambda rngs: SaltUNet(cfg.encoder, rngs=rngs, dtype=jnp.dtype(dtype)), cfg.seed)
+    model = init_module(lambda rngs: SaltUNet(cfg.encoder, rngs=rngs, dtype=dtype), cfg.seed)
     if pretrained is not None:
         init_encoder_from_imagenet(model, pretrained)
     return model
