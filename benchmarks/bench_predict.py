@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from salt_jax import predict
-from salt_jax.models import io
+from salt_jax.models import archs
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results.jsonl"
@@ -33,7 +33,7 @@ ARCHS = {"tiny": "unet_tiny", "50": "unet_se_resnext50_32x4d", "101": "unet_se_r
 
 def random_model(arch: str, seed: int = 0) -> nnx.Module:
     """The eval-mode module `arch`, randomly initialised (the rate does not depend on the values)."""
-    model = io.build(arch, seed=seed)
+    model = archs.build(arch, seed=seed)
     model.eval()
     return model
 

@@ -163,7 +163,7 @@ def main() -> None:
 
     from convert.torch_to_flax import convert_state
     from convert.torch_unet import TorchSaltUNet
-    from salt_jax.models import io
+    from salt_jax.models import archs
 
     torch.manual_seed(0)
     t_model = TorchSaltUNet(args.model)
@@ -173,7 +173,7 @@ def main() -> None:
 
     runs = {}
     for precision in args.precision:
-        model = io.build(arch, abstract=True, dtype=jnp.dtype(precision))
+        model = archs.build(arch, abstract=True, dtype=jnp.dtype(precision))
         nnx.update(model, nnx.state(convert_state(arch, state)))
         for variant in args.variants:
             runs[("jax", variant, precision)] = jax_tasks(nnx.view(model, **JAX_VARIANTS[variant]), *data)

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from salt_jax.models.io import METADATA
+from salt_jax.models.store import METADATA
 
 SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 # Never worth walking: kernel and device trees, and the repository (it holds our own outputs).
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     arch = f"se_resnext{args.encoder}_32x4d"
     out = pathlib.Path(args.out) / arch
-    if (out / METADATA).is_file():  # written last by io.save: the conversion finished
+    if (out / METADATA).is_file():  # written last by store.save: the conversion finished
         say(f"reusing {out}, converted earlier on this machine")
         print(out)
         return 0

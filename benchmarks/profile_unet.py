@@ -127,10 +127,10 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["unet_train_step", "unet_forward"])
     args = parser.parse_args()
 
-    from salt_jax.models import io
+    from salt_jax.models import archs
 
     arch = "unet_tiny" if args.model == "tiny" else f"unet_{args.model}"
-    programs = jax_programs(io.build(arch), *batch_data(args.batch))
+    programs = jax_programs(archs.build(arch), *batch_data(args.batch))
     print(f"{arch} batch {args.batch}, {jax.devices()[0].platform}, jax {jax.__version__}, "
           f"load {os.getloadavg()[0]:.1f}, grouped conv {os.environ.get('SALT_JAX_GROUPED_CONV', 'default')}\n")
     for task in args.tasks:

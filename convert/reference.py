@@ -6,6 +6,12 @@ locate the installed package without importing it and load that one file with im
 
 Used by the parity tests, the converter tests and the encoder benchmark; never by the
 library itself.
+
+`torch_senet(name)` builds a preset's SENet (salt_jax/models/presets.py) with Cadene's code. A
+preset that Cadene ships (`cadene_name`: SE-ResNeXt-50/101) comes from Cadene's own constructor,
+whose numbers are Cadene's literals, so a wrong number in our preset fails the parity tests.
+Any other preset (tiny, or one a user registers) has no numbers but ours: its SENet is Cadene's
+SENet class and bottleneck given the preset's numbers, which still checks all of our code.
 """
 
 from __future__ import annotations
@@ -15,18 +21,8 @@ import pathlib
 import types
 from functools import cache
 
-# The tiny SENet's numbers, written here and not imported from salt_jax: the reference must not
-# share the configuration of the code it checks (a wrong width there must fail the parity tests).
-# salt_jax.models.senet's "tiny" is meant to be this network: one block a stage, stages 32/64/128/256.
-TINY_SENET = {"blocks": (1, 1, 1, 1), "groups": 4, "base_width": 16, "stem_width": 8,
-              "planes": (8, 16, 32, 64), "reduction": 8}
-EXPANSION = 4  # Cadene's SEResNeXtBottleneck.expansion
-
-# The arch names of salt_jax.models.io mapped to Cadene's constructor names.
-_CADENE_CONSTRUCTORS = {
-    "se_resnext50_32x4d": "se_resnext50_32x4d",
-    "se_resnext101_32x4d": "se_resnext101_32x4d",
-}
+from salt_jax.models import presets
+from salt_jax.models.presets import EXPANSION, SENetConfig
 
 
 class ReferenceUnavailable(ImportError):
@@ -55,12 +51,11 @@ def cadene_senet() -> types.ModuleType:
     return module
 
 
-def torch_senet(arch: str, num_classes: int = 1000, *, adaptive_pool: bool = False):
-    """A randomly initialised Cadene SENet (torch.nn.Module, train mode) for `arch`.
+def torch_senet(name: str, num_classes: int = 1000, *, adaptive_pool: bool = False):
+    """A randomly initialised Cadene SENet (torch.nn.Module, train mode) of a preset.
 
     Args:
-      arch: "se_resnext50_32x4d" | "se_resnext101_32x4d" (Cadene's own constructors) or
-        "se_resnext_tiny" (Cadene's SENet class and bottleneck, narrowed to TINY_SENET).
+      name: a preset's name or alias (also a SENet arch: "se_resnext50_32x4d", "se_resnext_tiny").
       num_classes: size of `last_linear`.
       adaptive_pool: replace Cadene's fixed `AvgPool2d(7)` with `AdaptiveAvgPool2d(1)`. The
         two agree at 224x224 (a 7x7 final map); at other input sizes AvgPool2d(7) gives a
@@ -69,19 +64,18 @@ def torch_senet(arch: str, num_classes: int = 1000, *, adaptive_pool: bool = Fal
     import torch.nn as nn
 
     senet = cadene_senet()
-    if arch in _CADENE_CONSTRUCTORS:
-        model = getattr(senet, _CADENE_CONSTRUCTORS[arch])(num_classes=num_classes, pretrained=None)
-    elif arch == "se_resnext_tiny":
-        model = _tiny_torch_senet(senet, num_classes)
+    preset = presets.get(name)
+    if preset.cadene_name is not None:
+        model = getattr(senet, preset.cadene_name)(num_classes=num_classes, pretrained=None)
     else:
-        raise ValueError(f"no torch reference for arch {arch!r}")
+        model = _senet_from_numbers(senet, preset.senet, num_classes)
     if adaptive_pool:
         model.avg_pool = nn.AdaptiveAvgPool2d(1)
     return model
 
 
-def _tiny_torch_senet(senet: types.ModuleType, num_classes: int):
-    """Cadene's SENet with TINY_SENET's numbers.
+def _senet_from_numbers(senet: types.ModuleType, cfg: SENetConfig, num_classes: int):
+    """Cadene's SENet with the numbers of `cfg`.
 
     Cadene's constructor hard-codes planes 64/128/256/512, base width 4 and a 2048-wide head;
     the subclasses below change only those numbers, so every forward pass, the bottleneck,
@@ -89,30 +83,29 @@ def _tiny_torch_senet(senet: types.ModuleType, num_classes: int):
     """
     import torch.nn as nn
 
-    cfg = TINY_SENET
-    plane_scale = dict(zip((64, 128, 256, 512), cfg["planes"]))
+    plane_of = dict(zip((64, 128, 256, 512), cfg.planes))
 
-    class TinyBottleneck(senet.SEResNeXtBottleneck):
+    class Bottleneck(senet.SEResNeXtBottleneck):
         def __init__(self, inplanes, planes, groups, reduction, stride=1, downsample=None):
-            super().__init__(inplanes, planes, groups, reduction, stride, downsample, base_width=cfg["base_width"])
+            super().__init__(inplanes, planes, groups, reduction, stride, downsample, base_width=cfg.base_width)
 
-    class TinySENet(senet.SENet):
+    class SENet(senet.SENet):
         def _make_layer(self, block, planes, blocks, groups, reduction, stride=1, **kwargs):
-            return super()._make_layer(block, plane_scale[planes], blocks, groups, reduction, stride, **kwargs)
+            return super()._make_layer(block, plane_of[planes], blocks, groups, reduction, stride, **kwargs)
 
-    model = TinySENet(
-        TinyBottleneck,
-        list(cfg["blocks"]),
-        groups=cfg["groups"],
-        reduction=cfg["reduction"],
+    model = SENet(
+        Bottleneck,
+        list(cfg.blocks),
+        groups=cfg.groups,
+        reduction=cfg.reduction,
         dropout_p=None,
-        inplanes=cfg["stem_width"],
+        inplanes=cfg.stem_width,
         input_3x3=False,
         downsample_kernel_size=1,
         downsample_padding=0,
         num_classes=num_classes,
     )
-    model.last_linear = nn.Linear(cfg["planes"][3] * EXPANSION, num_classes)
+    model.last_linear = nn.Linear(cfg.planes[3] * EXPANSION, num_classes)
     return model
 
 

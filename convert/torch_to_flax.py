@@ -3,9 +3,11 @@
     python -m convert.torch_to_flax --arch se_resnext50_32x4d [--weights FILE.pth] --out DIR
 
 A name map is a function of the architecture that yields one `Entry(flax_path, torch_key,
-transform)` per tensor, so it reads as a table (print it with `--print-map`). Every arch
-has one map in `CONVERTERS`; the UNet adds its own by composing the helpers below
-(`conv`, `batchnorm`, `linear`, `bottleneck`, `senet_name_map` with prefixes).
+transform)` per tensor, so it reads as a table (print it with `--print-map`). The maps are
+generic over a preset's numbers (salt_jax/models/presets.py): `senet_name_map` for an ImageNet
+SENet in Cadene's layout, `unet_name_map` for the original's UNet, both composed of the helpers
+below (`conv`, `batchnorm`, `linear`, `bottleneck`, `senet_stages` with prefixes); `converter(arch)`
+picks one, so every registered preset converts with no entry here.
 
 Conversion is strict: each Flax state leaf must be filled exactly once from a torch tensor
 of the right shape, and each torch tensor (except BatchNorm's `num_batches_tracked`
@@ -27,9 +29,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
+from flax import nnx, traverse_util
 
 from salt_jax.errors import UserError
-from salt_jax.models.senet import CONFIGS, EXPANSION, SENetConfig
+from salt_jax.models import archs
+from salt_jax.models.presets import EXPANSION, SENetConfig
 
 FlaxPath = tuple[str | int, ...]
 
@@ -175,14 +179,14 @@ def unet_prepare(torch_state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v for k, v in torch_state.items() if not k.startswith(("conv1.", "SE11."))}
 
 
-# ---------------------------------------------------------------- the arch registry
+# ---------------------------------------------------------------- per arch
 
 
 @dataclasses.dataclass(frozen=True)
 class Converter:
-    """How to convert one arch: its salt_jax.models.io arch name, name map and default weights."""
+    """How to convert one arch: its saved-model arch name, name map and default weights."""
 
-    io_arch: str
+    arch: str
     name_map: Callable[[], Iterator[Entry]]
     model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
     url: str | None = None  # official weights, downloaded when --weights is not given
@@ -190,32 +194,16 @@ class Converter:
     prepare: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
 
 
-_CADENE = "http://data.lip6.fr/cadene/pretrainedmodels"
+def converter(arch: str) -> Converter:
+    """The converter of `arch` (salt_jax.models.archs): an ImageNet SENet in Cadene's layout (its
+    preset's ImageNet weights by default), or the original's trained UNet (model-<fold>.pt; no
+    public download). Raises archs.UnknownArchError."""
+    parsed = archs.parse(arch)
+    cfg = parsed.preset.senet
+    if parsed.kind == "senet":
+        return Converter(parsed.name, lambda: senet_name_map(cfg), {"num_classes": 1000}, parsed.preset.imagenet_url)
+    return Converter(parsed.name, lambda: unet_name_map(cfg), prepare=unet_prepare)
 
-CONVERTERS: dict[str, Converter] = {
-    "se_resnext50_32x4d": Converter(
-        "se_resnext50_32x4d",
-        lambda: senet_name_map(CONFIGS["se_resnext50_32x4d"]),
-        {"num_classes": 1000},
-        f"{_CADENE}/se_resnext50_32x4d-a260b3a4.pth",
-    ),
-    "se_resnext101_32x4d": Converter(
-        "se_resnext101_32x4d",
-        lambda: senet_name_map(CONFIGS["se_resnext101_32x4d"]),
-        {"num_classes": 1000},
-        f"{_CADENE}/se_resnext101_32x4d-3b2fe3d8.pth",
-    ),
-    # Random-weight checkpoints only (tests, demo): no official weights exist.
-    "se_resnext_tiny": Converter("se_resnext_tiny", lambda: senet_name_map(CONFIGS["tiny"]), {"num_classes": 1000}),
-    # The original's trained UNets (model-<fold>.pt); no public download.
-    "unet_se_resnext50_32x4d": Converter(
-        "unet_se_resnext50_32x4d", lambda: unet_name_map(CONFIGS["se_resnext50_32x4d"]), prepare=unet_prepare
-    ),
-    "unet_se_resnext101_32x4d": Converter(
-        "unet_se_resnext101_32x4d", lambda: unet_name_map(CONFIGS["se_resnext101_32x4d"]), prepare=unet_prepare
-    ),
-    "unet_tiny": Converter("unet_tiny", lambda: unet_name_map(CONFIGS["tiny"]), prepare=unet_prepare),
-}
 
 # ---------------------------------------------------------------- reading torch checkpoints
 
@@ -289,21 +277,19 @@ def convert_state(arch: str, torch_state: dict[str, np.ndarray]):
     Returns the module (eval mode). Raises ConversionError listing every missing, unexpected
     and mis-shaped key.
     """
-    from flax import nnx
-
-    from salt_jax.models import io
-
-    converter = CONVERTERS[arch]
-    if converter.prepare is not None:
-        torch_state = converter.prepare(torch_state)
-    model = io.build(converter.io_arch, converter.model_kwargs, abstract=True)
+    spec = converter(arch)
+    if spec.prepare is not None:
+        torch_state = spec.prepare(torch_state)
+    model = archs.build(spec.arch, spec.model_kwargs, abstract=True)
     graphdef, abstract_state = nnx.split(model)
-    target = nnx.to_pure_dict(abstract_state)
+    target = traverse_util.flatten_dict(nnx.to_pure_dict(abstract_state))  # {flax path: leaf}
 
-    entries = list(converter.name_map())
+    entries = list(spec.name_map())
     filled, missing, mismatched = {}, [], []
     for entry in entries:
-        leaf = _get(target, entry.flax_path)
+        if entry.flax_path not in target:
+            raise KeyError(f"name map names {_dotted(entry.flax_path)}, which the Flax model does not have")
+        leaf = target[entry.flax_path]
         if entry.torch_key not in torch_state:
             missing.append(f"{entry.torch_key} (for {_dotted(entry.flax_path)})")
             continue
@@ -319,13 +305,11 @@ def convert_state(arch: str, torch_state: dict[str, np.ndarray]):
     used = {e.torch_key for e in entries}
     unexpected = sorted(k for k in torch_state if k not in used and not k.endswith("num_batches_tracked"))
     mapped = {e.flax_path for e in entries}
-    unmapped = [_dotted(p) for p in _leaf_paths(target) if p not in mapped]
+    unmapped = [_dotted(p) for p in target if p not in mapped]
     if missing or unexpected or mismatched or unmapped:
         raise ConversionError(_report(arch, missing, unexpected, mismatched, unmapped))
 
-    for path, value in filled.items():
-        _set(target, path, value)
-    nnx.replace_by_pure_dict(abstract_state, target)
+    nnx.replace_by_pure_dict(abstract_state, traverse_util.unflatten_dict(filled))
     model = nnx.merge(graphdef, abstract_state)
     model.eval()
     return model
@@ -343,28 +327,6 @@ def _report(arch: str, missing, unexpected, mismatched, unmapped) -> str:
             lines.append(f"  {title} ({len(keys)}):")
             lines.extend(f"    {k}" for k in keys)
     return "\n".join(lines)
-
-
-def _get(tree: dict, path: FlaxPath):
-    for key in path:
-        if not isinstance(tree, dict) or key not in tree:
-            raise KeyError(f"name map names {_dotted(path)}, which the Flax model does not have")
-        tree = tree[key]
-    return tree
-
-
-def _set(tree: dict, path: FlaxPath, value) -> None:
-    for key in path[:-1]:
-        tree = tree[key]
-    tree[path[-1]] = value
-
-
-def _leaf_paths(tree: dict, prefix: FlaxPath = ()) -> Iterator[FlaxPath]:
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _leaf_paths(value, (*prefix, key))
-        else:
-            yield (*prefix, key)
 
 
 def _dotted(path: FlaxPath) -> str:
@@ -389,17 +351,16 @@ def convert_file(arch: str, weights: pathlib.Path | None, out: pathlib.Path) -> 
     """
     import flax
     import jax
-    from flax import nnx
 
     import salt_jax
-    from salt_jax.models import io
+    from salt_jax.models import store
 
-    converter = CONVERTERS[arch]
-    io.check_target(out)  # refuse to replace a user's files before any download or conversion
+    spec = converter(arch)
+    store.check_target(out)  # refuse to replace a user's files before any download or conversion
     if weights is None:
-        if converter.url is None:
+        if spec.url is None:
             raise ConversionError(f"{arch} has no official weights; pass --weights FILE.pth")
-        weights = download_weights(converter.url)
+        weights = download_weights(spec.url)
     torch_state = read_state_dict(weights)
     model = convert_state(arch, torch_state)
     digest = sha256(weights)
@@ -412,20 +373,27 @@ def convert_file(arch: str, weights: pathlib.Path | None, out: pathlib.Path) -> 
         "jax_version": jax.__version__,
         "flax_version": flax.__version__,
     }
-    io.save(out, model, arch=converter.io_arch, model_kwargs=converter.model_kwargs, metadata=metadata)
+    store.save(out, model, arch=spec.arch, model_kwargs=spec.model_kwargs, metadata=metadata)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     return {"arch": arch, "tensors": len(torch_state), "params": n_params, "sha256": digest, "out": str(out)}
 
 
+def _arch(value: str) -> str:
+    try:
+        return archs.parse(value).name
+    except archs.UnknownArchError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m convert.torch_to_flax", description=__doc__.split("\n")[0])
-    parser.add_argument("--arch", required=True, choices=sorted(CONVERTERS))
+    parser.add_argument("--arch", required=True, type=_arch, help="one of " + ", ".join(archs.known()))
     parser.add_argument("--weights", type=pathlib.Path, help="a torch state_dict (.pth); default: download")
     parser.add_argument("--out", type=pathlib.Path, help="output checkpoint directory")
     parser.add_argument("--print-map", action="store_true", help="print the name map as a table and exit")
     args = parser.parse_args(argv)
     if args.print_map:
-        for e in CONVERTERS[args.arch].name_map():
+        for e in converter(args.arch).name_map():
             print(f"{_dotted(e.flax_path):55s} <- {e.torch_key:50s} [{e.transform}]")
         return 0
     if args.out is None:

@@ -27,50 +27,21 @@ was ours to choose, we chose:
 - `classifier` = Conv2d(512, 1, 4) (valid) on the 2x2-max-pooled center2; `final` =
   Conv2d(832, 1, 1).
 
-Every width comes from this file's own literal table `WIDTHS` (the full models' numbers are the
-original's), never from salt_jax's configuration, so a wrong width in salt_jax fails the parity
-tests instead of being copied into the reference.
-`encoder="tiny"` builds the same network narrowed for CPU tests, on Cadene's SENet narrowed to
-`convert.reference.TINY_SENET`.
+Every width comes from a preset (salt_jax/models/presets.py): its encoder is `convert.reference.
+torch_senet(preset)` (Cadene's own constructor for SE-ResNeXt-50/101, whose numbers are Cadene's),
+and the UNet around it takes the preset's `UNetConfig`. That the full presets carry the
+original's UNet widths is checked against the original's literals in tests/test_presets.py,
+so a wrong width there fails a test instead of being copied into this reference.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from convert.reference import torch_senet
-
-
-@dataclasses.dataclass(frozen=True)
-class Widths:
-    """Channel counts of one UNet (literals: see `WIDTHS`)."""
-
-    reference_arch: str  # convert.reference.torch_senet's name for the encoder
-    stem: int  # conv_in / bn_in
-    stages: tuple[int, int, int, int]  # conv2..conv5 (the encoder's layer1..layer4) outputs
-    center: int  # center1, center2, center_decode outputs
-    center_mid: int  # center_decode's conv
-    dec_mid: tuple[int, int, int]  # dec5, dec4, dec3 convs
-    dec_out: int  # every decoder level
-    scse_reduction: int
-
-    @property
-    def hypercolumn(self) -> int:
-        return 5 * self.dec_out + self.center
-
-
-# The original's UNet (torch_models/resnext50_hyper_gated.py / resnext101_hyper_gated.py): center
-# 512, center_decode 1024 -> 768 -> 512, dec5/4/3 mid 512/256/128, every decoder level 64,
-# scSE reduction 16, hypercolumn 832. "tiny" narrows it for CPU tests (encoder stages 32..256).
-WIDTHS = {
-    "se_resnext50_32x4d": Widths("se_resnext50_32x4d", 64, (256, 512, 1024, 2048), 512, 768, (512, 256, 128), 64, 16),
-    "se_resnext101_32x4d": Widths("se_resnext101_32x4d", 64, (256, 512, 1024, 2048), 512, 768, (512, 256, 128), 64, 16),
-    "tiny": Widths("se_resnext_tiny", 8, (32, 64, 128, 256), 32, 48, (32, 16, 16), 8, 2),
-}
+from salt_jax.models import presets
 
 
 class ConvBnRelu(nn.Module):
@@ -149,12 +120,13 @@ class TorchSaltUNet(nn.Module):
 
     def __init__(self, encoder: str = "se_resnext50_32x4d"):
         super().__init__()
-        if encoder not in WIDTHS:
-            raise ValueError(f"encoder={encoder!r}: expected one of {sorted(WIDTHS)}")
-        cfg = WIDTHS[encoder]
-        senet = torch_senet(cfg.reference_arch)
-        stem = cfg.stem
-        c1, c2, c3, c4 = cfg.stages
+        preset = presets.get(encoder)
+        cfg = preset.unet
+        senet = torch_senet(preset.name)
+        # The encoder's widths as Cadene's modules have them: the stem's and each stage's output.
+        stem = senet.layer0.conv1.out_channels
+        stages = (senet.layer1, senet.layer2, senet.layer3, senet.layer4)
+        c1, c2, c3, c4 = (stage[-1].conv3.out_channels for stage in stages)
 
         self.conv_in = nn.Conv2d(3, stem, 7, stride=1, padding=3, bias=False)
         self.bn_in = nn.BatchNorm2d(stem)
@@ -180,7 +152,7 @@ class TorchSaltUNet(nn.Module):
             setattr(self, f"SE{i}", SCSE(out, cfg.scse_reduction))
 
         self.classifier = nn.Conv2d(cfg.center, 1, 4)
-        self.final = nn.Conv2d(cfg.hypercolumn, 1, 1)
+        self.final = nn.Conv2d(5 * cfg.dec_out + cfg.center, 1, 1)  # the hypercolumn's channels
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         stem = F.relu(self.conv1(x))

@@ -501,7 +501,7 @@ def encoder_init(workdir: Path) -> str:
     pretrained = json.loads((workdir / "config.json").read_text()).get("pretrained")
     if not pretrained:
         return "random"
-    from salt_jax.models.io import read_metadata
+    from salt_jax.models import read_metadata
 
     return f"imagenet: {read_metadata(pretrained).get('source_file', pretrained)}"
 

@@ -10,7 +10,7 @@ normalised to sum 1, so `0.7,0.3` and `7,3` mean the same), or equally without i
 weight is its group's weight divided by the group's size; the ensemble probability is the
 weighted mean of the runs' probabilities, thresholded afterwards (`p > threshold`).
 A run directory is a training workdir (its `best/` checkpoint is used) or a bare model
-directory written by `salt_jax.models.io.save`.
+directory written by `salt_jax.models.save`.
 
 Per run and image: the 101x101 uint8 image is reflect-padded to 128 (13 top/left, 14
 bottom/right, as in training), scaled to [0, 1] and repeated on 3 channels; the probability
@@ -57,7 +57,8 @@ from salt_jax.errors import UserError
 from salt_jax.fileio import atomic_write
 from salt_jax.metrics import kaggle_score_np
 from salt_jax.mesh import data_mesh
-from salt_jax.models import io
+from salt_jax.models import store
+from salt_jax.training.workdir import model_dir
 
 INPUT_SIZE = 128
 PAD_BEFORE, PAD_AFTER = 13, 14  # 13 + 101 + 14 = 128; crop back with [13:114]
@@ -106,7 +107,7 @@ def predict_probs(
     """Salt probabilities of one model for 101x101 images.
 
     Args:
-      model: a SaltUNet (or any module with its call contract) in eval mode, e.g. `io.load(run)`.
+      model: a SaltUNet (or any module with its call contract) in eval mode, e.g. `models.load(DIR)`.
       images: uint8 (N, 101, 101) raw images.
       batch_size: images per step over all devices; rounded up to a multiple of the device count
         and capped at N (rounded likewise) so small inputs do not pay for a large batch.
@@ -235,8 +236,8 @@ def make_members(groups: list[list[Path]], group_weights: list[float]) -> list[M
 def _read_config(path: Path) -> dict:
     """The run's config.json ({} for a bare model directory); checks that a checkpoint exists."""
     try:
-        io.read_metadata(path)
-    except io.CheckpointError as e:
+        store.read_metadata(model_dir(path))
+    except store.CheckpointError as e:
         raise PredictError(f"run {path}: no checkpoint ({e})") from None
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -252,7 +253,7 @@ def _read_config(path: Path) -> dict:
 
 def _input_size(path: Path, config: dict) -> int:
     """The model's input side: config.json `input_size`, else the checkpoint metadata's, else 128."""
-    size = config.get("input_size", io.read_metadata(path).get("input_size", INPUT_SIZE))
+    size = config.get("input_size", store.read_metadata(model_dir(path)).get("input_size", INPUT_SIZE))
     if not isinstance(size, int):
         raise PredictError(f"run {path}: input_size {size!r} is not an integer")
     return size
@@ -275,7 +276,7 @@ def ensemble_probs(
     total = np.zeros(images.shape, np.float32)
     mesh = data_mesh()
     for member in members:
-        model = io.load(member.path)
+        model = store.load(model_dir(member.path))
         probs = predict_probs(model, images, batch_size=batch_size, tta=tta, mesh=mesh, progress=progress,
                               desc=member.path.name)
         total += np.float32(member.weight) * probs
@@ -425,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     enable_compilation_cache()
     try:
         run(args)
-    except UserError as e:  # PredictError, DataError, io.CheckpointError
+    except UserError as e:  # PredictError, DataError, store.CheckpointError
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from salt_jax.models import io
+from salt_jax.models import archs, store
 from salt_jax.training.checkpoint import DAMAGED, Checkpoints, NoIntactCheckpointError
 
 pytestmark = pytest.mark.timeout(300)
@@ -105,8 +105,8 @@ def test_none_intact_says_so_and_how_to_start_over(two_checkpoints):
 
 @pytest.fixture()
 def saved_model(tmp_path):
-    model = io.build("se_resnext_tiny", {"num_classes": 3}, seed=0)
-    return io.save(tmp_path / "best", model, arch="se_resnext_tiny", model_kwargs={"num_classes": 3}), model
+    model = archs.build("se_resnext_tiny", {"num_classes": 3}, seed=0)
+    return store.save(tmp_path / "best", model, arch="se_resnext_tiny", model_kwargs={"num_classes": 3}), model
 
 
 @pytest.mark.parametrize("damage", ["truncated_data_file", "missing_manifest", "one_flipped_bit", "empty_metadata"])
@@ -118,16 +118,16 @@ def test_damaged_saved_model_fails_its_load_in_one_line(saved_model, damage):
         (path / "metadata.json").write_text("")
     else:
         DAMAGES[damage](path / "state", nnx.to_pure_dict(nnx.state(model)))
-    with pytest.raises(io.CheckpointError, match=f"^{path}") as err:
-        io.load(path)
+    with pytest.raises(store.CheckpointError, match=f"^{path}") as err:
+        store.load(path)
     assert "\n" not in str(err.value) and "damaged" in str(err.value)
 
 
 def test_model_without_checksums_is_refused(saved_model):
     path, _ = saved_model
-    meta = io.read_metadata(path)
+    meta = store.read_metadata(path)
     del meta["checksums"]
     (path / "metadata.json").write_text(__import__("json").dumps(meta))
-    with pytest.raises(io.CheckpointError, match="without array checksums"):
-        io.load(path)
+    with pytest.raises(store.CheckpointError, match="without array checksums"):
+        store.load(path)
     shutil.rmtree(path)

@@ -32,7 +32,7 @@ import pytest
 from flax import nnx
 
 from salt_jax.models import layers
-from salt_jax.models.senet import CONFIGS
+from salt_jax.models import presets
 
 torch = pytest.importorskip("torch")
 
@@ -53,7 +53,8 @@ def grouped_shapes() -> list[tuple[str, int, int, int]]:
     SE-ResNeXt-50 and -101 differ only in block counts, so they share their shapes.
     """
     users: dict[tuple[int, int, int], list[str]] = {}
-    for name, cfg in CONFIGS.items():
+    for name in presets.names():
+        cfg = presets.get(name).senet
         for planes, blocks, stride in zip(cfg.planes, cfg.blocks, (1, 2, 2, 2)):
             width = (planes * cfg.base_width // 64) * cfg.groups
             for s in {stride, 1} if blocks > 1 else {stride}:
@@ -305,9 +306,9 @@ def test_unet_gradients_equal_across_formulations():
     would hide nothing but blur the bound. 1e-5 relative L2 over all gradients; a layer computed
     wrongly gives errors of order 1.
     """
-    from salt_jax.models import io
+    from salt_jax.models import archs
 
-    model = io.build("unet_tiny")
+    model = archs.build("unet_tiny")
     model.eval()
     x = jnp.asarray(np.random.default_rng(4).random((2, 128, 128, 3), np.float32))  # the classifier needs 128
 

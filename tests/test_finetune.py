@@ -13,7 +13,7 @@ import pytest
 
 from salt_jax.data import load_train
 from salt_jax.data.synthetic import generate
-from salt_jax.models import io
+from salt_jax.models import archs, store
 from salt_jax.training import TrainConfig, loop, parse_args, run
 
 pytestmark = pytest.mark.timeout(900)
@@ -78,13 +78,13 @@ def test_bad_sources_exit_with_a_message(tmp_path, capsys):
         parse_args(["--finetune_from", str(tmp_path / "nothing")])
     assert exit_info.value.code == 2 and "nothing: no salt_jax model checkpoint" in capsys.readouterr().err
     model = tmp_path / "converted"  # what convert.torch_to_flax writes: a model, no fold, no folds
-    io.save(model, io.build("unet_tiny"), arch="unet_tiny")
+    store.save(model, archs.build("unet_tiny"), arch="unet_tiny")
     with pytest.raises(SystemExit):
         parse_args(["--finetune_from", str(model)])
     assert "pass --fold" in capsys.readouterr().err
     cfg = parse_args(["--finetune_from", str(model), "--fold=2"])
     assert (cfg.encoder, cfg.fold, cfg.folds_csv, cfg.workdir) == ("tiny", 2, None, f"{model}-finetune")
-    io.save(tmp_path / "senet", io.build("se_resnext_tiny"), arch="se_resnext_tiny")
+    store.save(tmp_path / "senet", archs.build("se_resnext_tiny"), arch="se_resnext_tiny")
     with pytest.raises(SystemExit):
         parse_args(["--finetune_from", str(tmp_path / "senet"), "--fold=0"])
     assert "not a salt UNet" in capsys.readouterr().err
@@ -104,7 +104,7 @@ def test_finetunes_resumes_and_keeps_the_sources_fold(source, tmp_path):
     assert resumed.start_val_map == first.start_val_map  # kept in the checkpoint, not measured again
     beaten = [r for r in resumed.records if r["val_map"] > resumed.start_val_map]
     if beaten:
-        assert io.read_metadata(resumed.workdir)["val_map"] == max(r["val_map"] for r in beaten)
+        assert store.read_metadata(resumed.workdir / "best")["val_map"] == max(r["val_map"] for r in beaten)
     else:
         assert not (resumed.workdir / "best").exists()
 

@@ -96,10 +96,11 @@ def test_batchnorm_matches_torch():
 
 
 def test_unet_layers_outside_the_encoder_get_torch_defaults():
-    """The path training and models.io use: each decoder/center/head layer of the tiny UNet lies
-    in the bound of the torch layer of the same shape (largest magnitude over 200 torch draws)."""
+    """The path training and loading (archs.build) use: each decoder/center/head layer of the tiny
+    UNet lies in the bound of the torch layer of the same shape (largest magnitude over 200 torch
+    draws)."""
     model = init_module(_make_unet, seed=0)
-    c4, center, mid5, out = 256, 32, 32, 8  # tiny encoder stage 4, UNET_CONFIGS["tiny"]
+    c4, center, mid5, out = 256, 32, 32, 8  # tiny encoder stage 4, the tiny preset's UNetConfig
     pairs = {
         "center1.conv": (model.center1.conv, lambda: torch.nn.Conv2d(c4, center, 3, padding=1)),
         "dec5.deconv": (model.dec5.deconv, lambda: torch.nn.ConvTranspose2d(mid5, out, 4, stride=2, padding=1)),

@@ -27,7 +27,7 @@ from salt_jax import predict
 from salt_jax.data.folds import mask_types, write_folds_csv
 from salt_jax.data.kaggle import load_test
 from salt_jax.data.rle import rle_encode
-from salt_jax.models import io
+from salt_jax.models import archs, store
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -53,7 +53,7 @@ def _logit(p: float) -> float:
 
 def _tiny_unet(seed: int, constant_prob: float | None = None) -> nnx.Module:
     """A randomly initialised tiny SaltUNet; with `constant_prob`, one that predicts it everywhere."""
-    model = io.build("unet_tiny", seed=seed)
+    model = archs.build("unet_tiny", seed=seed)
     if constant_prob is not None:
         model.final.kernel[...] = 0.0
         model.final.bias[...] = _logit(constant_prob)
@@ -75,7 +75,7 @@ def _straddling(model: nnx.Module, images: np.ndarray) -> nnx.Module:
 def _make_run(root: Path, model: nnx.Module, *, fold: int | None = None, folds: np.ndarray | None = None,
               train_ids=None, masks=None, **config) -> Path:
     """A training-run directory: best/ checkpoint, config.json and (with a fold) folds.csv."""
-    io.save(root / "best", model, arch="unet_tiny")
+    store.save(root / "best", model, arch="unet_tiny")
     if fold is not None:
         config["fold"] = fold
         write_folds_csv(root / "folds.csv", train_ids, folds, mask_types(masks))
@@ -152,7 +152,7 @@ def test_submission_is_kaggle_format(world, tmp_path):
     # with numpy, scale, repeat on 3 channels, sigmoid of the logits, crop [13:114], > 0.5.
     test = load_test(world["data"])
     x = np.pad(test.images, ((0, 0), (13, 14), (13, 14)), mode="reflect").astype(np.float32) / 255
-    logits, _ = io.load(world["runs"]["random"])(jnp.asarray(np.repeat(x[..., None], 3, axis=-1)))
+    logits, _ = store.load(world["runs"]["random"] / "best")(jnp.asarray(np.repeat(x[..., None], 3, axis=-1)))
     expected = np.asarray(logits)[:, 13:114, 13:114, 0] > 0
     assert 0 < expected.mean() < 1  # a mix of salt and no salt, so the check below means something
     for (image_id, rle), want in zip(rows[1:], expected):

@@ -27,8 +27,8 @@ from tests.torch_reference import require_torch_reference
 
 torch, reference = require_torch_reference()
 
-from convert.torch_to_flax import CONVERTERS, convert_state  # noqa: E402
-from salt_jax.models import io  # noqa: E402
+from convert.torch_to_flax import convert_state, converter  # noqa: E402
+from salt_jax.models import archs  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -114,10 +114,10 @@ def param_count(model) -> int:
 
 def test_parameter_counts_equal_torch(pair50):
     ref, _ = pair50
-    abstract50 = io.build("se_resnext50_32x4d", abstract=True)
+    abstract50 = archs.build("se_resnext50_32x4d", abstract=True)
     assert param_count(abstract50) == sum(p.numel() for p in ref.parameters()) == 27_559_896
     # Shapes only (no allocation); the published count of Cadene's SE-ResNeXt-101 32x4d.
-    assert param_count(io.build("se_resnext101_32x4d", abstract=True)) == 48_955_416
+    assert param_count(archs.build("se_resnext101_32x4d", abstract=True)) == 48_955_416
 
 
 def test_train_mode_batchnorm_matches_torch():
@@ -137,7 +137,7 @@ def test_train_mode_batchnorm_matches_torch():
 
     after = numpy_state(ref)
     state = nnx.to_pure_dict(nnx.state(train_view))
-    stats = [e for e in CONVERTERS["se_resnext_tiny"].name_map() if e.torch_key.endswith(("running_mean", "running_var"))]
+    stats = [e for e in converter("se_resnext_tiny").name_map() if e.torch_key.endswith(("running_mean", "running_var"))]
     assert len(stats) == 2 * 17  # stem + 4 blocks x (bn1..bn3 + downsample)
     for entry in stats:
         leaf = state

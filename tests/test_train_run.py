@@ -61,9 +61,9 @@ def test_run_writes_outputs_and_switches_loss_without_recompiling(fresh3):
     assert fresh3.compiles == {"train_step": 1, "eval_step": 1}
     for name in ("config.json", "folds.csv", "curves.png", "predictions.png", "best/metadata.json"):
         assert (workdir / name).is_file(), name
-    from salt_jax.models import io
+    from salt_jax.models import store
 
-    best = io.read_metadata(workdir)
+    best = store.read_metadata(workdir / "best")
     assert best["arch"] == "unet_tiny"
     assert best["val_map"] == max(r["val_map"] for r in records)
 
@@ -226,13 +226,13 @@ def test_two_processes_match_one_device(data_dir, tmp_path, one_device_params):
 def test_pretrained_encoder_initialises_the_unet(tmp_path):
     """`--pretrained DIR` (a converted ImageNet SENet) fills the UNet's encoder as the original:
     stages copied whole, stem kernel and BN affine copied, stem BN statistics fresh."""
-    from salt_jax.models import io
+    from salt_jax.models import archs, store
     from salt_jax.errors import UserError
     from salt_jax.training.loop import _build_model, _load_pretrained
 
-    senet = io.build("se_resnext_tiny", seed=7)
+    senet = archs.build("se_resnext_tiny", seed=7)
     senet.layer0.bn1.mean[...] = senet.layer0.bn1.mean[...] + 0.5  # must NOT reach the UNet
-    io.save(tmp_path / "imagenet", senet, arch="se_resnext_tiny")
+    store.save(tmp_path / "imagenet", senet, arch="se_resnext_tiny")
     cfg = tiny(tmp_path, tmp_path / "w", pretrained=str(tmp_path / "imagenet"))
     unet = _build_model(cfg, _load_pretrained(cfg))
 
@@ -256,9 +256,9 @@ def test_pretrained_encoder_initialises_the_unet(tmp_path):
 
 
 def _saved_tiny_senet(path: pathlib.Path) -> pathlib.Path:
-    from salt_jax.models import io
+    from salt_jax.models import archs, store
 
-    return io.save(path, io.build("se_resnext_tiny", seed=1), arch="se_resnext_tiny")
+    return store.save(path, archs.build("se_resnext_tiny", seed=1), arch="se_resnext_tiny")
 
 
 def _truncate_largest_data_file(model_dir: pathlib.Path) -> pathlib.Path:
@@ -374,13 +374,13 @@ def test_small_batch_finishes_and_a_rerun_repairs_figures_and_best(data_dir, tmp
     of the finished run redraws missing figures, completes best/ from an interrupted save (crash
     between its two renames: only .best.previous left), and rebuilds a deleted best/ from the
     checkpoint of its epoch."""
-    from salt_jax.models import io
+    from salt_jax.models import store
 
     workdir = tmp_path / "w"
     first = run(tiny(data_dir, workdir, epochs=2, batch_size=4))
     assert (workdir / "predictions.png").is_file()
-    best_meta = io.read_metadata(workdir)
-    best_leaves = [np.asarray(x) for x in jax.tree.leaves(nnx.state(io.load(workdir)))]
+    best_meta = store.read_metadata(workdir / "best")
+    best_leaves = [np.asarray(x) for x in jax.tree.leaves(nnx.state(store.load(workdir / "best")))]
 
     (workdir / "predictions.png").unlink()
     (workdir / "curves.png").unlink()
@@ -388,7 +388,7 @@ def test_small_batch_finishes_and_a_rerun_repairs_figures_and_best(data_dir, tmp
     again = run(tiny(data_dir, workdir, epochs=2, batch_size=4))
     assert again.records == first.records
     assert (workdir / "predictions.png").is_file() and (workdir / "curves.png").is_file()
-    assert not (workdir / ".best.previous").exists() and io.read_metadata(workdir) == best_meta
+    assert not (workdir / ".best.previous").exists() and store.read_metadata(workdir / "best") == best_meta
 
     import shutil
 
@@ -396,9 +396,9 @@ def test_small_batch_finishes_and_a_rerun_repairs_figures_and_best(data_dir, tmp
     capsys.readouterr()
     run(tiny(data_dir, workdir, epochs=2, batch_size=4))
     assert f"rebuilt {workdir / 'best'} from the checkpoint of epoch {best_meta['epoch']}" in capsys.readouterr().out
-    rebuilt = io.read_metadata(workdir)
+    rebuilt = store.read_metadata(workdir / "best")
     assert {k: rebuilt[k] for k in ("epoch", "val_map", "checksums")} == {k: best_meta[k] for k in ("epoch", "val_map", "checksums")}
-    for a, b in zip(jax.tree.leaves(nnx.state(io.load(workdir))), best_leaves, strict=True):
+    for a, b in zip(jax.tree.leaves(nnx.state(store.load(workdir / "best"))), best_leaves, strict=True):
         np.testing.assert_array_equal(np.asarray(a), b)
 
 

@@ -20,7 +20,7 @@ needs_torch = pytest.mark.skipif(torch is None, reason=_why_no_torch or "")
 
 from convert.torch_to_flax import convert_state  # noqa: E402
 from salt_jax import models  # noqa: E402
-from salt_jax.models import io  # noqa: E402
+from salt_jax.models import archs  # noqa: E402
 from salt_jax.models.unet import DecoderBlock, init_encoder_from_imagenet, upsample_bilinear  # noqa: E402
 
 if torch is not None:
@@ -112,7 +112,7 @@ def test_bfloat16_close_to_float32(tiny):
     tenths of a percent of the activations' scale, so we allow 3% of the logits' range and
     0.01 on the probability; a wrong dtype path (e.g. bf16 statistics) is far beyond that.
     """
-    model16 = io.build("unet_tiny", abstract=True, dtype=jnp.bfloat16)
+    model16 = archs.build("unet_tiny", abstract=True, dtype=jnp.bfloat16)
     nnx.update(model16, nnx.state(tiny))
     model16.eval()
     for param in jax.tree.leaves(nnx.state(model16, nnx.Param)):
@@ -191,7 +191,7 @@ def test_init_encoder_from_imagenet_copies_what_the_original_copies():
 
 
 def test_init_encoder_refuses_a_different_encoder():
-    unet = io.build("unet_tiny", abstract=True)
+    unet = archs.build("unet_tiny", abstract=True)
     senet = nnx.eval_shape(lambda: models.se_resnext50_32x4d(rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="layer1"):
         init_encoder_from_imagenet(unet, senet)

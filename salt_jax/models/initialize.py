@@ -22,7 +22,7 @@ UNet and minutes for the SE-ResNeXt-101 one (`nnx.jit` of the constructor compil
 program instead, no faster). `init_module` builds the module abstractly (`nnx.eval_shape`, no
 memory, no compile) and fills every variable with numpy. The values are a deterministic function
 of `seed`. A module built directly with `rngs=` keeps Flax's own initialisers (lecun-normal
-kernels, zero biases): models.io and training build through `init_module`.
+kernels, zero biases): `archs.build` (hence loading) and training build through `init_module`.
 """
 
 from __future__ import annotations

@@ -15,43 +15,15 @@ Bottleneck: 1x1 -> BN -> ReLU -> grouped 3x3 (stride) -> BN -> ReLU -> 1x1 -> BN
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from salt_jax.models import presets
 from salt_jax.models.layers import BatchNorm, GroupedConv, conv, max_pool_ceil
+from salt_jax.models.presets import EXPANSION, SENetConfig
 
 Array = jax.Array
-EXPANSION = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class SENetConfig:
-    """The numbers that make an SE-ResNeXt (Cadene's `SENet` constructor arguments)."""
-
-    blocks: tuple[int, int, int, int]
-    groups: int = 32
-    base_width: int = 4
-    stem_width: int = 64
-    planes: tuple[int, int, int, int] = (64, 128, 256, 512)
-    reduction: int = 16
-
-    @property
-    def stage_channels(self) -> tuple[int, ...]:
-        """Output channels of layer1..layer4."""
-        return tuple(p * EXPANSION for p in self.planes)
-
-
-CONFIGS = {
-    "se_resnext50_32x4d": SENetConfig(blocks=(3, 4, 6, 3)),
-    "se_resnext101_32x4d": SENetConfig(blocks=(3, 4, 23, 3)),
-    # Same code, one block a stage and narrow widths (stages 32/64/128/256): the UNet runs its
-    # stem and layer1 at full 128x128 resolution, so these widths set the CPU cost of the tests
-    # and the demo (a train step of batch 16 in ~2.5 s on 2 cores).
-    "tiny": SENetConfig(blocks=(1, 1, 1, 1), groups=4, base_width=16, stem_width=8, planes=(8, 16, 32, 64), reduction=8),
-}
 
 
 class SEModule(nnx.Module):
@@ -147,7 +119,7 @@ class SENet(nnx.Module):
     """An SE-ResNeXt classifier. `stages()` exposes layer1..layer4 for the UNet.
 
     Args:
-      cfg: the architecture numbers (see `CONFIGS`).
+      cfg: the architecture numbers (a preset's `senet`, see presets.py).
       num_classes: size of `last_linear`; 0 drops the classifier (encoder only).
       grouped_impl: "taps" | "native" | "dense" | None (the default, see layers.py).
       dtype: compute dtype; parameters and BatchNorm statistics stay float32.
@@ -198,14 +170,14 @@ class SENet(nnx.Module):
 
 def se_resnext50_32x4d(num_classes: int = 1000, *, rngs: nnx.Rngs, **kwargs) -> SENet:
     """SE-ResNeXt-50 (32x4d): 27,559,896 parameters with the 1000-class head."""
-    return SENet(CONFIGS["se_resnext50_32x4d"], num_classes, rngs=rngs, **kwargs)
+    return SENet(presets.get("se_resnext50_32x4d").senet, num_classes, rngs=rngs, **kwargs)
 
 
 def se_resnext101_32x4d(num_classes: int = 1000, *, rngs: nnx.Rngs, **kwargs) -> SENet:
     """SE-ResNeXt-101 (32x4d)."""
-    return SENet(CONFIGS["se_resnext101_32x4d"], num_classes, rngs=rngs, **kwargs)
+    return SENet(presets.get("se_resnext101_32x4d").senet, num_classes, rngs=rngs, **kwargs)
 
 
 def se_resnext_tiny(num_classes: int = 1000, *, rngs: nnx.Rngs, **kwargs) -> SENet:
     """The tiny variant (same code, fewer and narrower blocks) for tests and the CPU demo."""
-    return SENet(CONFIGS["tiny"], num_classes, rngs=rngs, **kwargs)
+    return SENet(presets.get("tiny").senet, num_classes, rngs=rngs, **kwargs)

@@ -29,49 +29,16 @@ original's SE6..SE10 are `scse5..scse1` (numbered by the decoder level they foll
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from salt_jax.models import presets
 from salt_jax.models.layers import BatchNorm, conv, conv_transpose, max_pool
-from salt_jax.models.senet import CONFIGS as SENET_CONFIGS
-from salt_jax.models.senet import SEModule, SENet, SENetConfig
+from salt_jax.models.presets import Preset
+from salt_jax.models.senet import SEModule, SENet
 
 Array = jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class UNetConfig:
-    """Widths of the non-encoder part of the UNet.
-
-    center: center1/center2 and center_decode output channels.
-    center_mid: center_decode's middle (conv) width.
-    dec_mid: middle widths of dec5, dec4, dec3.
-    dec_out: output channels of every decoder level (dec5..dec1).
-    scse_reduction: scSE channel-squeeze ratio (hidden units = dec_out // scse_reduction >= 1).
-    """
-
-    center: int = 512
-    center_mid: int = 768
-    dec_mid: tuple[int, int, int] = (512, 256, 128)
-    dec_out: int = 64
-    scse_reduction: int = 16
-
-    @property
-    def hypercolumn_channels(self) -> int:
-        """Five decoder levels plus the upsampled center."""
-        return 5 * self.dec_out + self.center
-
-
-UNET_CONFIGS = {
-    "se_resnext50_32x4d": UNetConfig(),
-    "se_resnext101_32x4d": UNetConfig(),
-    # For the tiny encoder (stages 32/64/128/256), narrow enough for CPU tests and the demo
-    # (docs/BENCHMARKS.md); 4 scSE hidden units as in the full model.
-    "tiny": UNetConfig(center=32, center_mid=48, dec_mid=(32, 16, 16), dec_out=8, scse_reduction=2),
-}
 
 
 class ConvBnRelu(nnx.Module):
@@ -149,7 +116,8 @@ class SaltUNet(nnx.Module):
     """The original gated hypercolumn UNet (see the module docstring for the layout).
 
     Args:
-      encoder: "se_resnext50_32x4d" | "se_resnext101_32x4d" | "tiny".
+      encoder: the architecture: a `presets.Preset`, or the name or alias of a registered one
+        ("se_resnext50_32x4d" / "50", "se_resnext101_32x4d" / "101", "tiny").
       rngs: parameter initialisation.
       dtype: compute dtype (e.g. jnp.bfloat16); parameters and BatchNorm statistics stay
         float32 and both outputs are float32.
@@ -158,18 +126,14 @@ class SaltUNet(nnx.Module):
 
     def __init__(
         self,
-        encoder: str = "se_resnext50_32x4d",
+        encoder: str | Preset = "se_resnext50_32x4d",
         *,
         rngs: nnx.Rngs,
         dtype=jnp.float32,
         grouped_impl: str | None = None,
     ):
-        if encoder not in SENET_CONFIGS or encoder not in UNET_CONFIGS:
-            raise ValueError(f"encoder={encoder!r}: expected one of {sorted(UNET_CONFIGS)}")
-        enc_cfg: SENetConfig = SENET_CONFIGS[encoder]
-        cfg = UNET_CONFIGS[encoder]
-        self.encoder_name = encoder
-        self.cfg = cfg
+        preset = encoder if isinstance(encoder, Preset) else presets.get(encoder)
+        enc_cfg, cfg = preset.senet, preset.unet
         self.dtype = dtype
         self.encoder = SENet(enc_cfg, num_classes=0, grouped_impl=grouped_impl, dtype=dtype, rngs=rngs)
         # The ImageNet stem (stride 2 + max pool) gives way to the full-resolution one.
@@ -253,16 +217,3 @@ def _check_same_shapes(src: nnx.State, dst: nnx.State, where: str) -> None:
     if src_shapes != dst_shapes:
         diff = sorted(set(src_shapes.items()) ^ set(dst_shapes.items()), key=str)[:4]
         raise ValueError(f"ImageNet encoder {where} does not fit the UNet's; first differences: {diff}")
-
-
-def load_imagenet_encoder(unet: SaltUNet, ckpt_dir: str) -> None:
-    """`init_encoder_from_imagenet` from a converted ImageNet SENet checkpoint directory.
-
-    The directory comes from `python -m convert.torch_to_flax --arch se_resnext50_32x4d ...`.
-    """
-    from salt_jax.models import io  # io builds UNets lazily from this module
-
-    senet = io.load(ckpt_dir)
-    if not isinstance(senet, SENet):
-        raise ValueError(f"{ckpt_dir}: holds a {type(senet).__name__}, not an ImageNet SENet")
-    init_encoder_from_imagenet(unet, senet)

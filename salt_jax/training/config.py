@@ -15,14 +15,8 @@ import sys
 from typing import Sequence
 
 from salt_jax.data.folds import FOLD_RULES
+from salt_jax.models import presets
 
-ENCODER_ALIASES = {
-    "50": "se_resnext50_32x4d",
-    "101": "se_resnext101_32x4d",
-    "tiny": "tiny",
-    "se_resnext50_32x4d": "se_resnext50_32x4d",
-    "se_resnext101_32x4d": "se_resnext101_32x4d",
-}
 RECIPES = ("original", "cosine")
 DTYPES = ("float32", "bfloat16")
 N_FOLDS = 5
@@ -66,7 +60,7 @@ class TrainConfig:
 
     @property
     def arch(self) -> str:
-        """The models.io architecture name of this run's network."""
+        """The saved-model architecture name of this run's network (salt_jax.models.archs)."""
         return f"unet_{self.encoder}"
 
     def resolved_weight_decay(self) -> float:
@@ -84,8 +78,8 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the offending field; returns self for chaining."""
         problems = []
-        if self.encoder not in ENCODER_ALIASES.values():
-            problems.append(f"encoder={self.encoder!r}: expected one of {sorted(ENCODER_ALIASES)}")
+        if self.encoder not in presets.names():
+            problems.append(f"encoder={self.encoder!r}: expected one of {presets.names()}")
         if not 0 <= self.fold < N_FOLDS:
             problems.append(f"fold={self.fold}: expected 0..{N_FOLDS - 1}")
         if self.epochs < 1:
@@ -137,9 +131,10 @@ def demo_config(**overrides) -> TrainConfig:
 
 
 def _encoder(value: str) -> str:
-    if value not in ENCODER_ALIASES:
-        raise argparse.ArgumentTypeError(f"unknown encoder {value!r}; choose from {sorted(ENCODER_ALIASES)}")
-    return ENCODER_ALIASES[value]
+    try:
+        return presets.get(value).name
+    except presets.UnknownPresetError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _int_in(lo: int, hi: int | None):
@@ -180,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--encoder", type=_encoder, default="se_resnext50_32x4d",
-                   help="50 | 101 | tiny (or the full names se_resnext50_32x4d, se_resnext101_32x4d)")
+                   help="an architecture preset (salt_jax/models/presets.py): " + " | ".join(presets.choices()))
     p.add_argument("--fold", type=_int_in(0, N_FOLDS - 1), default=0, help="validation fold 0..4")
     p.add_argument("--data_dir", default=None,
                    help="Kaggle-layout folder (train.csv, train/images, train/masks, depths.csv); "

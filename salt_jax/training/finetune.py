@@ -12,7 +12,7 @@ the training loop does the rest (salt_jax.training.loop: the starting score, the
 when beaten").
 
 The source is either a run directory of ours (config.json, folds.csv, best/) or a model
-directory (salt_jax.models.io, e.g. `convert.torch_to_flax --arch unet_...` output). A run gives
+directory (salt_jax.models.store, e.g. `convert.torch_to_flax --arch unet_...` output). A run gives
 its encoder, fold, data and folds.csv, so the fine-tuning validates on exactly the images that
 model never trained on; a converted original gives only its architecture, and the fold must be
 named (the original's folds are our default split). Fine-tuning writes into its own workdir
@@ -33,7 +33,9 @@ import pathlib
 from typing import Any
 
 from salt_jax.errors import UserError
+from salt_jax.models import archs, store
 from salt_jax.training.config import TrainConfig, load_config_json
+from salt_jax.training.workdir import BEST, model_dir
 
 # torch_training/finetune.py: Lovasz from the first epoch (switch at 0), Adam(lr=1e-6,
 # weight_decay=1e-4), DataLoader(batch_size=12), epochs [20, 75] with the first round skipped.
@@ -54,18 +56,17 @@ class Source:
 
 def read_source(path: str | pathlib.Path) -> Source:
     """Reads a run directory (or its best/) or a saved UNet. Raises ValueError naming the file."""
-    from salt_jax.models import io as model_io
-
     path = pathlib.Path(path).absolute()
-    if not (path / "config.json").is_file() and path.name == "best" and (path.parent / "config.json").is_file():
+    if not (path / "config.json").is_file() and path.name == BEST and (path.parent / "config.json").is_file():
         path = path.parent  # RUN/best: the run it belongs to knows the fold and the folds
     try:
-        meta = model_io.read_metadata(path)
-    except model_io.CheckpointError as err:
+        meta = store.read_metadata(model_dir(path))
+        arch = archs.parse(meta["arch"])
+    except (store.CheckpointError, archs.UnknownArchError) as err:
         raise ValueError(f"--finetune_from: {err}") from None
-    if not meta["arch"].startswith("unet_"):
+    if arch.kind != "unet":
         raise ValueError(f"--finetune_from: {path} holds {meta['arch']!r}, not a salt UNet")
-    encoder = meta["arch"].removeprefix("unet_")
+    encoder = arch.preset.name
     if not (path / "config.json").is_file():
         return Source(path, encoder, meta.get("fold"), None, None)
     run = load_config_json((path / "config.json").read_text())
@@ -102,10 +103,10 @@ def finetune_config(source_path: str | pathlib.Path, **given) -> TrainConfig:
 
 def load_start_model(cfg: TrainConfig, dtype: str):
     """The source's model (eval mode), checked against the run's architecture."""
-    from salt_jax.models import io as model_io
     import jax.numpy as jnp
 
-    arch = model_io.read_metadata(cfg.finetune_from)["arch"]
-    if arch != cfg.arch:
+    source = model_dir(cfg.finetune_from)
+    arch = store.read_metadata(source)["arch"]
+    if not archs.is_a(arch, "unet", cfg.encoder):
         raise UserError(f"--finetune_from {cfg.finetune_from} holds {arch!r}, but this run is {cfg.arch!r}")
-    return model_io.load(cfg.finetune_from, dtype=jnp.dtype(dtype))
+    return store.load(source, dtype=jnp.dtype(dtype))

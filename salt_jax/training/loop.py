@@ -9,7 +9,7 @@ uninterrupted run). Files in WORKDIR:
     folds.csv       the folds used (id, fold, mask_type)
     metrics.jsonl   one JSON record per epoch
     checkpoints/    orbax, the last 2 epochs (full train state)
-    best/           the best model by val_map (salt_jax.models.io format; models.load(WORKDIR))
+    best/           the best model by val_map (salt_jax.models.store format; models.load(WORKDIR/best))
     snapshots/      cosine recipe: the model at the end of each cycle
     curves.png, predictions.png, tensorboard/ (if tensorboardX is installed)
 Every check of the user's input (flag values, the workdir on the file system and its record,
@@ -40,11 +40,12 @@ from salt_jax.errors import UserError
 from salt_jax.fileio import atomic_write
 from salt_jax.losses import CROP_101
 from salt_jax.metrics import kaggle_map_np
-from salt_jax.models import io as model_io
+from salt_jax.models import archs, store
 from salt_jax.training.checkpoint import Checkpoints
 from salt_jax.training.config import TrainConfig, default_workdir, load_config_json
 from salt_jax.training.fold_data import FoldData, Split, epoch_batches, eval_batches, load_fold, padded_size
 from salt_jax.training.plateau import ReduceOnPlateau, cosine_cycle_lr
+from salt_jax.training.workdir import BEST
 from salt_jax.mesh import data_mesh
 from salt_jax.training.steps import LossOptions, Steps, make_optimizer, replicate, shard_batch
 
@@ -141,7 +142,7 @@ def run(cfg: TrainConfig) -> RunResult:
                 plateau.step(val_map)
             if val_map > progress["best_val_map"]:
                 progress["best_val_map"] = val_map
-                model_io.save(workdir / "best", steps.model(state), arch=cfg.arch, metadata=_best_metadata(cfg, record))
+                store.save(workdir / BEST, steps.model(state), arch=cfg.arch, metadata=_best_metadata(cfg, record))
             record["best_val_map"] = progress["best_val_map"]
             progress.update(next_epoch=epoch + 1, plateau=dataclasses.asdict(plateau),
                             history=progress["history"] + [record])
@@ -149,13 +150,13 @@ def run(cfg: TrainConfig) -> RunResult:
             log.epoch(record)
             if cfg.recipe == "cosine" and (epoch + 1) % cfg.cycle_epochs == 0:
                 k = (epoch + 1) // cfg.cycle_epochs
-                model_io.save(workdir / "snapshots" / f"cycle-{k}", steps.model(state), arch=cfg.arch,
+                store.save(workdir / "snapshots" / f"cycle-{k}", steps.model(state), arch=cfg.arch,
                               metadata={"epoch": epoch, "cycle": k, "val_map": val_map})
     finally:
         ckpt.close()
         log.close()
     if cfg.finetune_from and progress["best_val_map"] == progress["start_val_map"]:
-        log.info(f"no epoch beat the starting val_map of {cfg.finetune_from}: {workdir / 'best'} not written")
+        log.info(f"no epoch beat the starting val_map of {cfg.finetune_from}: {workdir / BEST} not written")
     if (last_probs is None and progress["history"] and jax.process_count() == 1
             and not (workdir / "predictions.png").is_file()):
         # A re-run of a finished run (no epoch left) redraws a figure that a crash left unwritten.
@@ -226,7 +227,7 @@ def _inputs(cfg: TrainConfig, split: Split) -> dict[str, Any]:
     """What the run is started with (WORKDIR/inputs.json): sources for people, content hashes to compare."""
     pretrained = None
     if cfg.pretrained:
-        recorded = model_io.read_metadata(cfg.pretrained)["checksums"]
+        recorded = store.read_metadata(cfg.pretrained)["checksums"]
         pretrained = {"source": str(pathlib.Path(cfg.pretrained).absolute()), "content": checksums.json_checksum(recorded)}
     return {
         "encoder": cfg.encoder,
@@ -304,10 +305,10 @@ def _load_pretrained(cfg: TrainConfig) -> nnx.Module | None:
         return load_start_model(cfg, _compute_dtype(cfg))
     if not cfg.pretrained:
         return None
-    arch = model_io.read_metadata(cfg.pretrained)["arch"]  # refuse before loading the weights
-    if arch != cfg.encoder and not (cfg.encoder == "tiny" and arch == "se_resnext_tiny"):
+    arch = store.read_metadata(cfg.pretrained)["arch"]  # refuse before loading the weights
+    if not archs.is_a(arch, "senet", cfg.encoder):
         raise UserError(f"--pretrained {cfg.pretrained} holds {arch!r}, but --encoder is {cfg.encoder!r}")
-    return model_io.load(cfg.pretrained)
+    return store.load(cfg.pretrained)
 
 
 def _compute_dtype(cfg: TrainConfig) -> str:
@@ -338,8 +339,8 @@ def _repair_best(workdir: pathlib.Path, ckpt: Checkpoints, state_like, progress:
     """Completes best/ when a crash (or a person) left it missing: an interrupted save's complete
     copy is moved into place, else the best epoch's checkpoint is exported again if still kept.
     A fine-tuning run whose epochs never beat its starting model has no best/, by design."""
-    best = workdir / "best"
-    if log.primary and model_io.finish_interrupted_save(best):
+    best = workdir / BEST
+    if log.primary and store.finish_interrupted_save(best):
         log.info(f"completed {best} from an interrupted save")
     if jax.process_count() > 1:  # every process must see the same best/ before deciding to save
         multihost_utils.sync_global_devices("salt_jax.loop.repair_best")
@@ -354,7 +355,7 @@ def _repair_best(workdir: pathlib.Path, ckpt: Checkpoints, state_like, progress:
                  f"best/ is written again when val_map improves")
         return
     state, _ = ckpt.restore(top["epoch"] + 1, state_like)
-    model_io.save(best, steps.model(state), arch=cfg.arch, metadata=_best_metadata(cfg, top))
+    store.save(best, steps.model(state), arch=cfg.arch, metadata=_best_metadata(cfg, top))
     log.info(f"rebuilt {best} from the checkpoint of epoch {top['epoch']}")
 
 

@@ -1,23 +1,30 @@
-"""Saving and loading models: `metadata.json` + an orbax checkpoint of the model state.
+"""The saved-model format: `metadata.json` + an orbax checkpoint of the model state.
 
 A saved model directory holds
     metadata.json   {"arch", "model_kwargs", "format", "checksums", ...}; written last, so it marks
-                    completion. "checksums": a digest of every array (salt_jax.checksums)
+                    completion. "arch" names the network (salt_jax.models.archs); "checksums": a
+                    digest of every array (salt_jax.checksums)
     state/          orbax StandardCheckpointer checkpoint of nnx.state(model) as a pure dict
-`load` rebuilds the module from `arch` (see `BUILDERS`) with `nnx.eval_shape`, so nothing is
-allocated twice, restores the state, checks every array against its checksum and returns the
-module in eval mode. A damaged checkpoint (unreadable files, or arrays that differ from their
-checksums) is a one-line CheckpointError naming it; nothing damaged is returned.
+`load` rebuilds the module from `arch` with `nnx.eval_shape`, so nothing is allocated twice,
+restores the state, checks every array against its checksum and returns the module in eval
+mode. A damaged checkpoint (unreadable files, or arrays that differ from their checksums) is a
+one-line CheckpointError naming it; nothing damaged is returned.
 
-Saving is atomic: the new checkpoint is written into the sibling `.<name>.saving`, the old
-directory (if any) is renamed to `.<name>.previous`, the new one renamed into place and the
-old one removed. A crash at any point leaves a complete checkpoint that `load` finds: the
-directory itself, or else the complete `.saving` (newer), or else `.previous`.
+Replacing is atomic, by hand, because orbax cannot: it writes a NEW checkpoint atomically (into
+a temporary directory, renamed when complete), but `save(..., force=True)` over an existing one
+first deletes it, so a crash during the write would lose both. So the new checkpoint is written
+into the sibling `.<name>.saving`, the old directory (if any) renamed to `.<name>.previous`, the
+new one renamed into place and the old one removed. A crash at any point leaves a complete
+checkpoint that `load` finds: the directory itself, or else the complete `.saving` (newer), or
+else `.previous`.
 
 `save` only ever replaces, moves or removes what it wrote itself: a target (or sibling) that
 exists and is not laid out as one of our checkpoints (only `metadata.json` and `state/`) is
 refused with `OverwriteError` before anything is written; `check_target` runs the same check
 for callers that want to refuse early (the converter, before reading its input).
+
+A training workdir is not a saved model: its best model is `WORKDIR/best`
+(salt_jax.training.workdir.model_dir).
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ import datetime
 import json
 import pathlib
 import shutil
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -37,11 +43,12 @@ from flax import nnx
 
 from salt_jax import checksums
 from salt_jax.errors import UserError
-from salt_jax.models.initialize import init_module
+from salt_jax.models import archs
 
 METADATA = "metadata.json"
 STATE = "state"
-FORMAT = "salt_jax.models.io/2"  # /2: with array checksums
+# The format's name since its version 2 (with array checksums), after the module that first wrote it.
+FORMAT = "salt_jax.models.io/2"
 
 
 class CheckpointError(UserError, FileNotFoundError):
@@ -50,50 +57,6 @@ class CheckpointError(UserError, FileNotFoundError):
 
 class OverwriteError(UserError, FileExistsError):
     """Saving would replace a file or directory that is not a salt_jax model checkpoint."""
-
-
-def _senet(name: str) -> Callable[..., nnx.Module]:
-    def build(**kwargs) -> nnx.Module:
-        from salt_jax.models import senet
-
-        return getattr(senet, name)(**kwargs)
-
-    return build
-
-
-def _unet(encoder: str) -> Callable[..., nnx.Module]:
-    def build(**kwargs) -> nnx.Module:
-        # Imported lazily: io must work for encoders even where the UNet module is absent.
-        from salt_jax.models.unet import SaltUNet
-
-        return SaltUNet(encoder=encoder, **kwargs)
-
-    return build
-
-
-# arch -> builder(*, rngs, dtype, grouped_impl, **model_kwargs) -> module.
-BUILDERS: dict[str, Callable[..., nnx.Module]] = {
-    "se_resnext50_32x4d": _senet("se_resnext50_32x4d"),
-    "se_resnext101_32x4d": _senet("se_resnext101_32x4d"),
-    "se_resnext_tiny": _senet("se_resnext_tiny"),
-    "unet_se_resnext50_32x4d": _unet("se_resnext50_32x4d"),
-    "unet_se_resnext101_32x4d": _unet("se_resnext101_32x4d"),
-    "unet_tiny": _unet("tiny"),
-}
-
-
-def build(arch: str, model_kwargs: dict[str, Any] | None = None, *, abstract: bool = False, seed: int = 0,
-          **overrides) -> nnx.Module:
-    """Builds the module registered as `arch`: random init from `seed` (host-side, see
-    initialize.py); `abstract=True`: shapes only, no memory."""
-    if arch not in BUILDERS:
-        raise ValueError(f"unknown arch {arch!r}; known: {sorted(BUILDERS)}")
-    kwargs = {**(model_kwargs or {}), **overrides}
-
-    def make(rngs: nnx.Rngs) -> nnx.Module:
-        return BUILDERS[arch](rngs=rngs, **kwargs)
-
-    return nnx.eval_shape(lambda: make(nnx.Rngs(seed))) if abstract else init_module(make, seed=seed)
 
 
 def save(
@@ -109,13 +72,12 @@ def save(
     Args:
       directory: target directory; replaced if it exists.
       model: the module; all its state (parameters and BatchNorm statistics) is saved.
-      arch: a key of `BUILDERS`; `load` rebuilds the module with it.
+      arch: the network (salt_jax.models.archs, e.g. "unet_tiny"); `load` rebuilds the module with it.
       model_kwargs: JSON-serialisable constructor arguments (e.g. {"num_classes": 1000});
         the compute dtype and grouped-conv implementation are load-time choices, not saved.
       metadata: any extra JSON-serialisable facts (source file, hashes, metrics...).
     """
-    if arch not in BUILDERS:
-        raise ValueError(f"unknown arch {arch!r}; known: {sorted(BUILDERS)}")
+    archs.parse(arch)  # raises UnknownArchError before anything is written
     directory = pathlib.Path(directory).absolute()
     check_target(directory)
     saving, previous = _siblings(directory)
@@ -127,14 +89,14 @@ def save(
     if primary:
         shutil.rmtree(saving, ignore_errors=True)  # a crashed earlier save
         saving.mkdir(parents=True)
-    _barrier(f"salt_jax.io.save:start:{directory}")
+    _barrier(f"salt_jax.store.save:start:{directory}")
 
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(saving / STATE, state)
         checkpointer.wait_until_finished()
     if primary:
         _write_metadata_and_swap(directory, saving, previous, arch, model_kwargs, metadata)
-    _barrier(f"salt_jax.io.save:done:{directory}")
+    _barrier(f"salt_jax.store.save:done:{directory}")
     return directory
 
 
@@ -210,7 +172,7 @@ def load(
     """Loads a model saved by `save`, in eval mode (BatchNorm on its running statistics).
 
     Args:
-      directory: a saved model directory, or a training workdir whose `best/` is one.
+      directory: a saved model directory (a training workdir's best model is `WORKDIR/best`).
       dtype: compute dtype override (e.g. jnp.bfloat16); parameters stay float32.
       grouped_impl: "taps" | "native" | "dense" override for the grouped convolutions.
 
@@ -224,7 +186,10 @@ def load(
         raise CheckpointError(f"{path}: written without array checksums (format {meta.get('format')!r}, before "
                               f"{FORMAT}), so it cannot be verified; save or convert it again")
     overrides = {k: v for k, v in (("dtype", dtype), ("grouped_impl", grouped_impl)) if v is not None}
-    model = build(meta["arch"], meta.get("model_kwargs"), abstract=True, **overrides)
+    try:
+        model = archs.build(meta["arch"], meta.get("model_kwargs"), abstract=True, **overrides)
+    except archs.UnknownArchError as err:  # e.g. a preset registered by the program that saved it
+        raise CheckpointError(f"{path}: {err}") from None
     graphdef, abstract_state = nnx.split(model)
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_local_sharding()), nnx.to_pure_dict(abstract_state)
@@ -270,18 +235,20 @@ def finish_interrupted_save(directory: str | pathlib.Path) -> bool:
     return False
 
 
-def _resolve(directory: pathlib.Path) -> pathlib.Path:
-    """The complete checkpoint directory standing for `directory` (see the module docstring)."""
-    directory = directory.absolute()
+def find(directory: str | pathlib.Path) -> pathlib.Path | None:
+    """The complete checkpoint standing for `directory`: the directory itself, or the complete
+    sibling of a save that crashed between its renames (see the module docstring); else None."""
+    directory = pathlib.Path(directory).absolute()
     if _is_complete(directory):
         return directory
-    best = directory / "best"
-    if not (directory / METADATA).exists() and (best.is_dir() or any(map(_is_complete, _siblings(best)))):
-        return _resolve(best)
-    for candidate in _siblings(directory):  # a save that crashed between its renames
-        if not directory.exists() and _is_complete(candidate):
-            return candidate
-    raise CheckpointError(
-        f"{directory}: no salt_jax model checkpoint (expected {METADATA} and {STATE}/ written by "
-        f"salt_jax.models.io.save, or a training workdir with best/{METADATA})"
-    )
+    if not directory.exists():
+        return next(filter(_is_complete, _siblings(directory)), None)
+    return None
+
+
+def _resolve(directory: pathlib.Path) -> pathlib.Path:
+    found = find(directory)
+    if found is None:
+        raise CheckpointError(f"{directory.absolute()}: no salt_jax model checkpoint (expected {METADATA} and "
+                              f"{STATE}/ written by salt_jax.models.save)")
+    return found
