@@ -122,11 +122,11 @@ def figure(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from salt_jax.data import augment as A
+    from salt_jax.data import augment as A, geometry
 
     raw_images, raw_masks = _read_real(args.figure_ids)
-    images = A.pad_reflect_128(raw_images)[..., None].astype(np.float32) / 255.0
-    masks = A.pad_reflect_128(raw_masks)[..., None].astype(np.float32)
+    images = geometry.to_unit(geometry.pad(raw_images))[..., None]
+    masks = geometry.pad(raw_masks)[..., None].astype(np.float32)
     cols = 1 + args.figure_augs
     fig, axes = plt.subplots(len(images), cols, figsize=(2.0 * cols, 2.15 * len(images)))
     for c in range(cols):

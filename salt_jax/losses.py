@@ -1,4 +1,4 @@
-"""Training losses: Lovasz hinge, BCE (logits and probabilities), soft dice, and the gated multi-loss.
+"""Training losses: Lovasz hinge, BCE on probabilities, soft dice, and the gated multi-loss.
 
 Shapes follow docs/DESIGN.md: mask logits and masks are (N, 128, 128, 1) (a trailing channel of 1 is
 optional everywhere here), the salt/no-salt gate is a probability (N, 1). Every loss upcasts its
@@ -15,14 +15,11 @@ through a gather of the errors, and the weights carry no gradient.
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-# The 101x101 competition image sits at [13:114] of the reflect-padded 128x128 map.
-CROP_101 = slice(13, 114)
 
 LOVASZ_VARIANTS = ("elu+1", "relu")
 
@@ -119,17 +116,6 @@ def lovasz_hinge(
     return loss
 
 
-def bce_with_logits(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Mean binary cross-entropy from logits, stable for any magnitude.
-
-    Uses max(x, 0) - x*y + log(1 + exp(-|x|)), as torch.nn.functional.binary_cross_entropy_with_logits.
-    logits, targets: any matching shapes. Returns a 0-d mean.
-    """
-    dtype = _compute_dtype(logits)
-    x, y = logits.astype(dtype), targets.astype(dtype)
-    return jnp.mean(jax.nn.relu(x) - x * y + jnp.log1p(jnp.exp(-jnp.abs(x))))
-
-
 def _clamped_log(p: jax.Array) -> jax.Array:
     """max(log p, -100) with a finite gradient (0 where clamped) even at p == 0.
 
@@ -189,22 +175,13 @@ def seg_loss_bce_dice(
     return dice + 0.2 * bce, {"dice": dice, "bce": bce}
 
 
-def _crop_101(x: jax.Array) -> jax.Array:
-    """(N, 128, 128, C) -> (N, 101, 101, C), the unpadded competition crop."""
-    if x.shape[1:3] != (128, 128):
-        raise ValueError(f"crop_101 needs (N, 128, 128, C) maps, got shape {x.shape}")
-    return x[:, CROP_101, CROP_101]
-
-
 def multi_loss(
     mask_logits: jax.Array,
     salt_prob: jax.Array,
     masks: jax.Array,
     *,
     use_lovasz: jax.Array | bool,
-    crop_101: bool = False,
     symmetric: bool = False,
-    lovasz_variant: str = "elu+1",
     double_sigmoid: bool = False,
     valid: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -212,16 +189,14 @@ def multi_loss(
 
     seg = dice + 0.2 * BCE on sigmoid(mask_logits) while use_lovasz is false, else the per-image
     Lovasz hinge. The branch is chosen with lax.cond on a traced value, so one jitted step serves
-    every epoch (see lovasz_schedule).
+    every epoch; `LossOptions.use_lovasz` decides the switch.
 
     Args:
       mask_logits: (N, 128, 128, 1) logits.
       salt_prob: (N, 1) salt probability (already sigmoided) from the classifier head.
       masks: (N, 128, 128, 1) float {0, 1} (padded, augmented).
       use_lovasz: bool or 0-d bool array (may be traced).
-      crop_101: compute the pixel losses on the 101x101 crop [13:114] only. The classifier target
-        always comes from the whole mask, as in the original.
-      symmetric, lovasz_variant: passed to lovasz_hinge.
+      symmetric: passed to lovasz_hinge (the original's "elu+1" hinge, per image).
       double_sigmoid: passed to soft_dice.
       valid: (N,) 0/1, the images to count (padding = 0); None = all.
 
@@ -232,8 +207,6 @@ def multi_loss(
     n = masks.shape[0]
     has_salt = jnp.any(masks.reshape(n, -1) > 0.5, axis=-1)
     bce_cls = bce_prob(salt_prob.reshape(n), has_salt, valid=valid)
-    if crop_101:
-        mask_logits, masks = _crop_101(mask_logits), _crop_101(masks)
     dtype = _compute_dtype(mask_logits)
     mask_logits, masks = mask_logits.astype(dtype), masks.astype(dtype)
     zero = jnp.zeros((), dtype)
@@ -243,8 +216,7 @@ def multi_loss(
         return seg, {**parts, "lovasz": zero}
 
     def lovasz_branch(logits: jax.Array, target: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-        lovasz = lovasz_hinge(logits, target, per_image=True, variant=lovasz_variant, symmetric=symmetric,
-                              valid=valid)
+        lovasz = lovasz_hinge(logits, target, per_image=True, symmetric=symmetric, valid=valid)
         return lovasz, {"dice": zero, "bce": zero, "lovasz": lovasz}
 
     use_lovasz = jnp.asarray(use_lovasz, dtype=bool)
@@ -254,15 +226,27 @@ def multi_loss(
     return loss, aux
 
 
-def lovasz_schedule(switch_step: int) -> Callable[[jax.Array | int], jax.Array]:
-    """Optax-style schedule: count -> 0-d bool, true from switch_step on.
+@dataclasses.dataclass(frozen=True)
+class LossOptions:
+    """The training loss of a run: when it switches, and the Lovasz and dice forms.
 
-    Works on any counter: `lovasz_schedule(20)(epoch)` reproduces the original (Lovasz from epoch
-    20), `lovasz_schedule(20 * steps_per_epoch)(step)` derives it from the optimizer step. The
-    count may be traced, so a jitted step does not recompile when it changes.
+    switch_epoch: first Lovasz epoch (the original: 20); symmetric: the symmetric Lovasz hinge;
+    double_sigmoid: the original's dice (sigmoid applied twice, `--original_dice`; see soft_dice).
     """
 
-    def schedule(count: jax.Array | int) -> jax.Array:
-        return jnp.asarray(count) >= switch_step
+    switch_epoch: int
+    symmetric: bool = False
+    double_sigmoid: bool = False
 
-    return schedule
+    def use_lovasz(self, epoch):
+        """The one place the loss switch is decided: Lovasz from `switch_epoch` on, BCE+dice before.
+
+        `epoch` is an int (the training loop: the round's name, the optimizer reset) or a traced
+        int array (the jitted steps: a 0-d bool array, so the switch never recompiles).
+        """
+        return epoch >= self.switch_epoch
+
+    def __call__(self, mask_logits, salt_prob, masks, *, epoch, valid=None):
+        """multi_loss with these options and the loss kind of `epoch`."""
+        return multi_loss(mask_logits, salt_prob, masks, use_lovasz=self.use_lovasz(epoch),
+                          symmetric=self.symmetric, double_sigmoid=self.double_sigmoid, valid=valid)

@@ -65,11 +65,6 @@ def kaggle_score_np(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     return np.where(union == 0, np.float32(1.0), score)
 
 
-def kaggle_map(y_true: jax.Array, y_pred: jax.Array) -> jax.Array:
-    """Dataset score: mean of kaggle_score over images (0-d float32, jittable)."""
-    return jnp.mean(kaggle_score(y_true, y_pred))
-
-
-def kaggle_map_np(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Numpy twin of kaggle_map."""
+def kaggle_map(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Dataset score: the mean of kaggle_score_np over images (the competition's number)."""
     return float(np.mean(kaggle_score_np(y_true, y_pred)))

@@ -13,10 +13,10 @@ A run directory is a training workdir (its `best/` checkpoint is used) or a bare
 directory written by `salt_jax.models.save`.
 
 Per run and image: the 101x101 uint8 image is reflect-padded to 128 (13 top/left, 14
-bottom/right, as in training), scaled to [0, 1] and repeated on 3 channels; the probability
-is sigmoid(mask_logits), cropped back to [13:114]. Flip TTA averages it with the prediction for
-the horizontally flipped padded image, flipped back. Flipping the padded image (not the 101
-crop) is what training's augmentation showed the model: the flip is applied after padding.
+bottom/right), scaled to [0, 1] and repeated on 3 channels, as in training (salt_jax.data.geometry);
+the probability is sigmoid(mask_logits), cropped back to [13:114]. Flip TTA averages it with the
+prediction for the horizontally flipped padded image, flipped back. Flipping the padded image (not
+the 101 crop) is what training's augmentation showed the model: the flip is applied after padding.
 
 --eval scores predictions of the TRAIN split of --data_dir with the Kaggle metric (mean over
 images of `metrics.kaggle_score` on 101x101), for the ensemble and for each run. Images: the
@@ -52,17 +52,15 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from salt_jax.cache import enable_compilation_cache
+from salt_jax.data import geometry
 from salt_jax.data.rle import rle_encode
 from salt_jax.errors import UserError
 from salt_jax.fileio import atomic_write
-from salt_jax.metrics import kaggle_score_np
+from salt_jax.metrics import kaggle_map
 from salt_jax.mesh import data_mesh
 from salt_jax.models import store
 from salt_jax.training.workdir import model_dir
 
-INPUT_SIZE = 128
-PAD_BEFORE, PAD_AFTER = 13, 14  # 13 + 101 + 14 = 128; crop back with [13:114]
-IMAGE_SIZE = 101
 TTA_MODES = ("flip", "none")
 FIGURE_SAMPLES = 8
 
@@ -84,14 +82,11 @@ def _prob_128(model: nnx.Module, x: jax.Array) -> jax.Array:
 def _forward(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, *, tta: str) -> jax.Array:
     """uint8 images (B, 101, 101) -> probabilities (B, 101, 101) float32 (see module docstring)."""
     model = nnx.merge(graphdef, state)
-    pad = ((0, 0), (PAD_BEFORE, PAD_AFTER), (PAD_BEFORE, PAD_AFTER))
-    x = jnp.pad(images, pad, mode="reflect").astype(jnp.float32) / 255.0
-    x = jnp.repeat(x[..., None], 3, axis=-1)
+    x = geometry.to_channels(geometry.to_unit(geometry.pad(images))[..., None])
     prob = _prob_128(model, x)
     if tta == "flip":
         prob = 0.5 * (prob + _prob_128(model, x[:, :, ::-1])[:, :, ::-1])
-    crop = slice(PAD_BEFORE, PAD_BEFORE + IMAGE_SIZE)
-    return prob[:, crop, crop]
+    return geometry.crop(prob)
 
 
 def predict_probs(
@@ -119,7 +114,8 @@ def predict_probs(
       float32 (N, 101, 101) probabilities.
     """
     images = np.asarray(images)
-    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or images.dtype != np.uint8:
+    side = geometry.IMAGE_SIZE
+    if images.ndim != 3 or images.shape[1:] != (side, side) or images.dtype != np.uint8:
         raise ValueError(f"predict_probs expects uint8 (N, 101, 101) images, got {images.dtype} {images.shape}")
     if tta not in TTA_MODES:
         raise ValueError(f"tta={tta!r}: expected one of {TTA_MODES}")
@@ -127,7 +123,7 @@ def predict_probs(
         raise ValueError(f"batch_size={batch_size}: expected >= 1")
     n = len(images)
     if n == 0:
-        return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+        return np.zeros((0, side, side), np.float32)
     mesh = mesh or data_mesh()
     n_dev = mesh.devices.size
     batch = _round_up(min(batch_size, n), n_dev)
@@ -135,7 +131,7 @@ def predict_probs(
     graphdef, state = nnx.split(model)
     state = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
 
-    out = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    out = np.empty((n, side, side), np.float32)
     pending: tuple[int, int, jax.Array] | None = None  # fetch step k while step k+1 runs
     with tqdm(total=n, unit="img", desc=desc, disable=not progress, file=sys.stderr) as bar:
         for start in range(0, n, batch):
@@ -214,23 +210,10 @@ def parse_weights(text: str | None, n_groups: int) -> list[float]:
 def make_members(groups: list[list[Path]], group_weights: list[float]) -> list[Member]:
     """Flatten groups into members (weight = group weight / group size) after checking each run.
 
-    Raises PredictError for a run without a checkpoint, an unreadable config.json, or input sizes
-    that differ within a group or from the 128 this pipeline pads to.
+    Raises PredictError for a run without a checkpoint or with an unreadable config.json.
     """
-    members = []
-    for group, weight in zip(groups, group_weights):
-        sizes = {}
-        for path in group:
-            config = _read_config(path)
-            sizes[path] = _input_size(path, config)
-            members.append(Member(path=path, weight=weight / len(group), config=config))
-        if len(set(sizes.values())) > 1:
-            listing = ", ".join(f"{p} ({s})" for p, s in sizes.items())
-            raise PredictError(f"runs of one --runs group have different input sizes: {listing}")
-        for path, size in sizes.items():
-            if size != INPUT_SIZE:
-                raise PredictError(f"run {path}: input size {size}, but predict pads images to {INPUT_SIZE}")
-    return members
+    return [Member(path=path, weight=weight / len(group), config=_read_config(path))
+            for group, weight in zip(groups, group_weights) for path in group]
 
 
 def _read_config(path: Path) -> dict:
@@ -249,14 +232,6 @@ def _read_config(path: Path) -> dict:
     if not isinstance(config, dict):
         raise PredictError(f"run {path}: {config_file} does not hold a JSON object")
     return config
-
-
-def _input_size(path: Path, config: dict) -> int:
-    """The model's input side: config.json `input_size`, else the checkpoint metadata's, else 128."""
-    size = config.get("input_size", store.read_metadata(model_dir(path)).get("input_size", INPUT_SIZE))
-    if not isinstance(size, int):
-        raise PredictError(f"run {path}: input_size {size!r} is not an integer")
-    return size
 
 
 def ensemble_probs(
@@ -306,11 +281,6 @@ def eval_selection(members: Sequence[Member], train_ids: Sequence[str]) -> tuple
         return everything, (f"all {len(train_ids)} train images (the runs' validation folds differ; "
                             "scores include images they trained on)")
     return first, f"{len(first)} train images of validation fold {first_fold}"
-
-
-def kaggle_map(masks: np.ndarray, probs: np.ndarray, threshold: float) -> float:
-    """Mean over images of the Kaggle score of `probs > threshold` against `masks`."""
-    return float(np.mean(kaggle_score_np(masks != 0, probs > threshold)))
 
 
 # --------------------------------------------------------------------------- output
@@ -382,9 +352,9 @@ def run(args: argparse.Namespace) -> None:
         images, masks = train.images[index], train.masks[index]
         per_run = []
         probs = ensemble_probs(members, images, **kw,
-                               each=lambda m, p: per_run.append((m, kaggle_map(masks, p, args.threshold))))
+                               each=lambda m, p: per_run.append((m, kaggle_map(masks, p > args.threshold))))
         print(f"eval on {what}, tta={args.tta}, threshold={args.threshold}")
-        print(f"ensemble kaggle_map {kaggle_map(masks, probs, args.threshold):.6f}")
+        print(f"ensemble kaggle_map {kaggle_map(masks, probs > args.threshold):.6f}")
         for m, score in per_run:
             print(f"  run {m.path} kaggle_map {score:.6f}")
         figure_data = (images, masks, probs, [train.ids[i] for i in index])

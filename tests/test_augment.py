@@ -42,34 +42,6 @@ def _ops(chain, flip, geo, photo) -> dict:
             dict(chain=chain, flip=flip, geo=geo, photo=photo).items()}
 
 
-# --------------------------------------------------------------------------- padding
-
-
-@pytest.mark.parametrize("shape", [(3, 101, 101), (101, 101), (2, 101, 101, 3)])
-@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
-def test_pad_reflect_128_matches_numpy(shape, dtype):
-    x = (np.random.default_rng(1).uniform(0, 255, shape)).astype(dtype)
-    spatial = 0 if len(shape) == 2 else 1  # where the 101x101 axes start in these shapes
-    widths = [(0, 0)] * len(shape)
-    widths[spatial] = widths[spatial + 1] = (13, 14)
-    want = np.pad(x, widths, mode="reflect")
-    got_np = A.pad_reflect_128(x)
-    got_jax = A.pad_reflect_128(jnp.asarray(x))
-    assert got_np.dtype == dtype and isinstance(got_np, np.ndarray)
-    assert got_jax.dtype == dtype and isinstance(got_jax, jax.Array)
-    np.testing.assert_array_equal(got_np, want)
-    np.testing.assert_array_equal(np.asarray(got_jax), want)
-    # crop back recovers the input (the inference contract [13:114])
-    crop = [slice(None)] * len(shape)
-    crop[spatial] = crop[spatial + 1] = slice(13, 114)
-    np.testing.assert_array_equal(got_np[tuple(crop)], x)
-
-
-def test_pad_reflect_128_rejects_other_shapes():
-    with pytest.raises(ValueError, match="100, 101"):
-        A.pad_reflect_128(np.zeros((100, 101)))
-
-
 # --------------------------------------------------------------------------- building blocks
 
 

@@ -340,15 +340,6 @@ def test_gradient_matches_reference_with_constant_permutation():
 
 
 @needs_torch
-def test_bce_with_logits_matches_torch():
-    rng = np.random.default_rng(11)
-    logits = np.concatenate([rng.normal(scale=5, size=500), [-200.0, -30.0, 0.0, 30.0, 200.0]]).astype(np.float32)
-    targets = (rng.random(logits.shape) < 0.5).astype(np.float32)
-    expected = F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(targets)).item()
-    assert float(losses.bce_with_logits(logits, targets)) == pytest.approx(expected, rel=1e-6)
-
-
-@needs_torch
 def test_bce_prob_matches_torch_including_clamp():
     """torch's BCELoss clamps each log at -100; p = 0 and p = 1 must give exactly those values."""
     rng = np.random.default_rng(12)
@@ -398,7 +389,7 @@ def test_soft_dice_is_batch_level():
 
 
 multi_loss = jax.jit(
-    losses.multi_loss, static_argnames=("crop_101", "symmetric", "lovasz_variant", "double_sigmoid")
+    losses.multi_loss, static_argnames=("symmetric", "double_sigmoid")
 )
 
 
@@ -442,32 +433,10 @@ def test_multi_loss_matches_references(use_lovasz):
         assert float(aux["lovasz"]) == 0.0
 
 
-@needs_torch
-@pytest.mark.parametrize("use_lovasz", [False, True])
-def test_crop_101_ignores_the_padding(use_lovasz):
-    logits, salt_prob, masks = _model_outputs(15)
-    crop = (slice(None), slice(13, 114), slice(13, 114))
-    loss, _ = multi_loss(logits, salt_prob, masks, use_lovasz=use_lovasz, crop_101=True)
-    expected = _expected_multi_loss(logits[crop], salt_prob, masks[crop], use_lovasz=use_lovasz)
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
-
-    # Changing the padding band of the logits changes nothing; the classifier target still comes
-    # from the whole (padded) mask.
-    scrambled = logits.copy()
-    scrambled[:, :13] = 50.0
-    assert float(multi_loss(scrambled, salt_prob, masks, use_lovasz=use_lovasz, crop_101=True)[0]) == float(loss)
-    border_salt = masks.copy()
-    border_salt[0, 0, 0, 0] = 1.0  # salt only in the padding of the empty image
-    _, aux = multi_loss(logits, salt_prob, border_salt, use_lovasz=use_lovasz, crop_101=True)
-    has_salt = torch.tensor([1.0, *(masks[1:].reshape(2, -1).max(axis=1) > 0)], dtype=torch.float32)
-    expected_cls = F.binary_cross_entropy(torch.from_numpy(salt_prob[:, 0]), has_salt).item()
-    assert float(aux["bce_cls"]) == pytest.approx(expected_cls, rel=1e-6)
-
-
 def test_multi_loss_options_reach_the_components():
     logits, salt_prob, masks = _model_outputs(16)
-    _, aux = multi_loss(logits, salt_prob, masks, use_lovasz=True, symmetric=True, lovasz_variant="relu")
-    expected = ref_lovasz(logits, masks, per_image=True, variant="relu", symmetric=True)
+    _, aux = multi_loss(logits, salt_prob, masks, use_lovasz=True, symmetric=True)
+    expected = ref_lovasz(logits, masks, per_image=True, variant="elu+1", symmetric=True)
     assert float(aux["lovasz"]) == pytest.approx(expected, rel=1e-5)
     _, aux = multi_loss(logits, salt_prob, masks, use_lovasz=False, double_sigmoid=True)
     twice = jax.nn.sigmoid(jax.nn.sigmoid(logits))
@@ -475,8 +444,8 @@ def test_multi_loss_options_reach_the_components():
     assert float(aux["dice"]) == pytest.approx(float(by_formula), rel=1e-6)
 
 
-def test_schedule_switches_at_the_given_count():
-    schedule = losses.lovasz_schedule(20)
+def test_loss_switch_at_the_given_epoch():
+    schedule = losses.LossOptions(switch_epoch=20).use_lovasz
     assert [bool(schedule(e)) for e in (0, 19, 20, 21, 120)] == [False, False, True, True, True]
     assert bool(jax.jit(schedule)(jnp.int32(20)))
 
@@ -485,7 +454,7 @@ def test_schedule_switches_at_the_given_count():
 def test_jitted_step_traces_once_across_the_switch():
     """A jitted value-and-grad step fed the epoch as an array compiles once and switches loss at 20."""
     logits, salt_prob, masks = _model_outputs(17, n=2)
-    schedule = losses.lovasz_schedule(20)
+    schedule = losses.LossOptions(switch_epoch=20).use_lovasz
     traces = 0
 
     @jax.jit

@@ -2,7 +2,7 @@
 and running statistics and the parameter update equal those of the unpadded batch.
 
 Epochs keep the last partial batch (as the original's DataLoader); on several devices a batch is
-padded to a multiple of the device count and `valid` masks the padding (training/fold_data.py).
+padded to a multiple of the device count and `valid` masks the padding (salt_jax/data/fold_data.py).
 """
 
 import os
@@ -17,7 +17,7 @@ import pytest
 
 from salt_jax.losses import multi_loss
 from salt_jax.models.layers import BatchNorm, example_weights
-from salt_jax.training.fold_data import epoch_batches
+from salt_jax.data.fold_data import epoch_batches
 
 pytestmark = pytest.mark.timeout(600)
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -86,7 +86,8 @@ STEP_SCRIPT = textwrap.dedent("""
     from jax.sharding import AxisType
     from salt_jax.models.initialize import init_module
     from salt_jax.models.unet import SaltUNet
-    from salt_jax.training.steps import LossOptions, Steps, make_optimizer, replicate, shard_batch
+    from salt_jax.losses import LossOptions
+    from salt_jax.training.steps import Trainer, make_optimizer, replicate, shard_batch
 
     assert jax.device_count() == 2, jax.devices()
     rng = np.random.default_rng(0)
@@ -98,22 +99,22 @@ STEP_SCRIPT = textwrap.dedent("""
     start = np.concatenate([np.ravel(x) for x in jax.tree.leaves(nnx.split(model, nnx.Param, ...)[1])])
     flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(tree))])
 
-    def make_steps(devices):
+    def make_trainer(devices):
         mesh = jax.make_mesh((len(devices),), ("data",), devices=devices, axis_types=(AxisType.Auto,))
         # SGD: the update is linear in the gradient, so it compares gradients (Adam's first step
         # is ~lr * sign(g) and turns reduction-order noise on tiny gradients into 2 * lr).
-        return Steps(model, make_optimizer("cosine", 1e-4, 0.1), mesh, seed=0, loss=LossOptions(1))
+        return Trainer(model, make_optimizer("cosine", 1e-4, 0.1), mesh, seed=0, loss=LossOptions(1))
 
-    def one_step(steps, idx, valid, epoch):
-        put = lambda a: replicate(a, steps.replicated)
-        state, out = steps.train_step(steps.init_state(), put(images), put(masks),
-                                      shard_batch(np.asarray(idx, np.int32), steps.batch_sharded),
-                                      shard_batch(np.asarray(valid, bool), steps.batch_sharded),
+    def one_step(trainer, idx, valid, epoch):
+        put = lambda a: replicate(a, trainer.replicated)
+        state, out = trainer.train_step(trainer.init_state(), put(images), put(masks),
+                                      shard_batch(np.asarray(idx, np.int32), trainer.batch_sharded),
+                                      shard_batch(np.asarray(valid, bool), trainer.batch_sharded),
                                       put(np.asarray(epoch, np.int32)))
         jax.block_until_ready(state)  # fake CPU devices: wait for every step (collectives)
-        return {"loss": np.asarray(out["loss"]), "update": flat(state["params"]) - start, "stats": flat(state["rest"])}
+        return {"loss": np.asarray(out["loss"]), "update": flat(state["params"]) - start, "stats": flat(state["batch_stats"])}
 
-    one, two = make_steps(jax.devices()[:1]), make_steps(jax.devices())
+    one, two = make_trainer(jax.devices()[:1]), make_trainer(jax.devices())
     saved = {}
     for epoch in (0, 1):  # 0: BCE + dice, 1: Lovasz (LossOptions(1))
         runs = {"plain": one_step(one, [4, 0, 2], [True] * 3, epoch),

@@ -291,16 +291,6 @@ def test_eval_on_all_train_images_when_folds_differ(world, capsys):
 # --------------------------------------------------------------------------- bad input
 
 
-def _doctored_run(world, name: str, **config) -> Path:
-    """A copy of the 'high' run with config.json fields replaced."""
-    path = world["root"] / name
-    if not path.exists():
-        shutil.copytree(world["runs"]["high"], path)
-        stored = json.loads((path / "config.json").read_text())
-        (path / "config.json").write_text(json.dumps({**stored, **config}))
-    return path
-
-
 def _data_without_one_test_image(world) -> Path:
     path = world["root"] / "data_missing"
     if not path.exists():
@@ -311,9 +301,6 @@ def _data_without_one_test_image(world) -> Path:
 
 BAD_CASES = {
     "no_checkpoint": (lambda w: [f"--runs={w['root'] / 'empty_run'}"], "empty_run"),
-    "sizes_differ_in_group": (lambda w: [f"--runs={w['runs']['high']},{_doctored_run(w, 'size160', input_size=160)}"],
-                              "size160 (160)"),
-    "size_not_128": (lambda w: [f"--runs={_doctored_run(w, 'size96', input_size=96)}"], "input size 96"),
     "missing_test_image": (lambda w: [f"--runs={w['runs']['high']}", f"--data_dir={_data_without_one_test_image(w)}"],
                            "te0004"),
     "weights_count": (lambda w: [f"--runs={w['runs']['high']}", f"--runs={w['runs']['low']}", "--run_weights=1"],

@@ -1,11 +1,8 @@
-"""train.py flags -> TrainConfig, and the host-side lr schedules (no compilation: fast)."""
-
-import math
+"""train.py flags -> TrainConfig (no compilation: fast)."""
 
 import pytest
 
 from salt_jax.training.config import TrainConfig, parse_args
-from salt_jax.training.plateau import ReduceOnPlateau, cosine_cycle_lr
 
 
 def test_encoder_aliases_and_default_workdir():
@@ -68,20 +65,3 @@ def test_bad_flags_exit_with_a_message(argv, needle, capsys):
 def test_config_validate_names_the_field():
     with pytest.raises(ValueError, match="fold=7"):
         TrainConfig(fold=7).validate()
-
-
-def test_plateau_matches_torch_rule_by_hand():
-    # mode max, patience 2, factor 0.5: the lr halves on the 3rd epoch without a new best.
-    p = ReduceOnPlateau(lr=1.0, patience=2, factor=0.5)
-    lrs = [p.step(m) for m in (0.5, 0.6, 0.6, 0.59, 0.6, 0.7, 0.7)]
-    assert lrs == [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5]
-    # An improvement below the relative threshold (1e-4) does not count.
-    q = ReduceOnPlateau(lr=1.0, patience=0, factor=0.5, best=0.5)
-    assert q.step(0.50001) == 0.5
-
-
-def test_cosine_cycles_restart():
-    lr = [cosine_cycle_lr(e, max_lr=0.01, min_lr=0.001, cycle_epochs=4) for e in range(9)]
-    assert all(math.isclose(lr[e], 0.01) for e in (0, 4, 8))
-    assert math.isclose(lr[2], 0.0055)
-    assert all(a > b for a, b in zip(lr[:3], lr[1:4]))

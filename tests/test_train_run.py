@@ -331,7 +331,7 @@ def test_bad_input_is_one_line_exit_2_before_any_write_or_compile(data_dir, tmp_
     def no_compile(*args, **kwargs):
         raise AssertionError("the model was built before the input was validated")
 
-    monkeypatch.setattr(loop, "Steps", no_compile)
+    monkeypatch.setattr(loop, "Trainer", no_compile)
     extra, needle = BAD_TRAIN_INPUT[case]
     workdir = tmp_path / "w"
     status, err = _train_main(["--encoder=tiny", f"--data_dir={data_dir}", f"--workdir={workdir}", "--epochs=1",

@@ -8,7 +8,7 @@ with the Lovasz hinge. The PyTorch side is the original's training step
 terkelbo/TGS-Salt-Kaggle-Competition, written anew below): its loss lambdas with the 0.1
 classifier weight, its dice that applies a sigmoid to probabilities (hence salt_jax's
 `double_sigmoid` here, to compare like with like), torch.optim.Adam(weight_decay=1e-4), BatchNorm
-in train mode. The JAX side is salt_jax.training.steps.Steps with make_optimizer, as train.py
+in train mode. The JAX side is salt_jax.training.steps.Trainer with make_optimizer, as train.py
 builds it; nothing of it is re-implemented here.
 """
 
@@ -26,7 +26,8 @@ F = torch.nn.functional
 from convert.torch_to_flax import convert_state  # noqa: E402
 from convert.torch_unet import TorchSaltUNet  # noqa: E402
 from salt_jax.mesh import data_mesh  # noqa: E402
-from salt_jax.training.steps import LossOptions, Steps, make_optimizer, replicate, shard_batch  # noqa: E402
+from salt_jax.losses import LossOptions  # noqa: E402
+from salt_jax.training.steps import Trainer, make_optimizer, replicate, shard_batch  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -127,25 +128,25 @@ def trained():
     torch_losses += original_round(t_model, x, y, lovasz=True, steps=STEPS_PER_ROUND)
     t_end = {k: v.numpy().copy() for k, v in t_model.state_dict().items()}
 
-    steps = Steps(convert_state("unet_tiny", start), make_optimizer("original", WEIGHT_DECAY, LR), data_mesh(),
-                  seed=0, loss=LossOptions(SWITCH_EPOCH, double_sigmoid=True), augment=False)
-    state = steps.init_state()
-    arrays = [replicate(a, steps.replicated) for a in (images_u8, masks_u8)]
-    idx = shard_batch(np.arange(len(images_u8), dtype=np.int32), steps.batch_sharded)
-    valid = shard_batch(np.ones(len(images_u8), bool), steps.batch_sharded)  # no padding: all real
+    trainer = Trainer(convert_state("unet_tiny", start), make_optimizer("original", WEIGHT_DECAY, LR), data_mesh(),
+                      seed=0, loss=LossOptions(SWITCH_EPOCH, double_sigmoid=True), augment=False)
+    state = trainer.init_state()
+    arrays = [replicate(a, trainer.replicated) for a in (images_u8, masks_u8)]
+    idx = shard_batch(np.arange(len(images_u8), dtype=np.int32), trainer.batch_sharded)
+    valid = shard_batch(np.ones(len(images_u8), bool), trainer.batch_sharded)  # no padding: all real
     jax_losses = []
     for epoch in (0, SWITCH_EPOCH):
         if epoch == SWITCH_EPOCH:  # the loop's loss switch: fresh moments, same lr
-            state = steps.set_lr(steps.reset_optimizer(state), LR)
+            state = trainer.set_lr(trainer.reset_optimizer(state), LR)
         for _ in range(STEPS_PER_ROUND):
-            state, out = steps.train_step(state, *arrays, idx, valid, replicate(np.int32(epoch), steps.replicated))
+            state, out = trainer.train_step(state, *arrays, idx, valid, replicate(np.int32(epoch), trainer.replicated))
             jax_losses.append(float(out["loss"]))
     return {
         "torch_losses": torch_losses, "jax_losses": jax_losses,
         "start": flat(convert_state("unet_tiny", start)),
         "torch": flat(convert_state("unet_tiny", t_end)),
-        "jax": flat(steps.model(state)),
-        "param_paths": {p for p, _ in nnx.to_flat_state(nnx.state(steps.model(state), nnx.Param))},
+        "jax": flat(trainer.model(state)),
+        "param_paths": {p for p, _ in nnx.to_flat_state(nnx.state(trainer.model(state), nnx.Param))},
     }
 
 

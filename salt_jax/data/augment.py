@@ -1,7 +1,7 @@
 """On-device training augmentation, in JAX, batched with vmap and keyed by PRNG.
 
 The original solution augmented with albumentations (2018) after padding 101 -> 128
-(torch_dataset/dataset_prep.py; docs/ORIGINAL.md, Augmentation):
+(salt_jax.data.geometry; torch_dataset/dataset_prep.py; docs/ORIGINAL.md, Augmentation):
 
     Compose(p=0.8)[ HorizontalFlip(p=.5),
                     OneOf(p=1)[ShiftScaleRotate(.0625, .1, 45), RandomSizedCrop((50, 101), 128, 128),
@@ -43,8 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SIZE = 128  # padded side length the chain runs on
-PAD_BEFORE, PAD_AFTER = 13, 14  # 101 + 13 + 14 = 128
+from salt_jax.data.geometry import INPUT_SIZE
+
+SIZE = INPUT_SIZE  # the chain runs on the padded maps (salt_jax.data.geometry)
 
 # Op codes returned by `sample_ops`; 0 means "not applied" (chain skipped).
 GEO_OPS = ("none", "shift_scale_rotate", "random_sized_crop", "elastic")
@@ -66,28 +67,6 @@ GAMMA_MIN, GAMMA_MAX = 80, 120  # percent, integers as in albumentations' Random
 BLUR_KERNELS = (3, 5)
 
 _HIGHEST = jax.lax.Precision.HIGHEST  # the small filter matmuls must not run in TF32/bf16
-
-
-# --------------------------------------------------------------------------- padding
-
-
-def pad_reflect_128(x):
-    """Reflect-pad 101x101 images to 128x128 (numpy 'reflect': 13 top/left, 14 bottom/right).
-
-    x: (..., 101, 101) or (..., 101, 101, C), numpy or JAX, any dtype; returns the same kind
-    and dtype with 128 in place of 101. Crop back with `[..., 13:114, 13:114(, :)]`.
-    """
-    shape = tuple(x.shape)
-    if shape[-2:] == (101, 101):
-        spatial = len(shape) - 2
-    elif len(shape) >= 3 and shape[-3:-1] == (101, 101):
-        spatial = len(shape) - 3
-    else:
-        raise ValueError(f"pad_reflect_128 expects (..., 101, 101[, C]), got shape {shape}")
-    widths = [(0, 0)] * len(shape)
-    widths[spatial] = widths[spatial + 1] = (PAD_BEFORE, PAD_AFTER)
-    pad = np.pad if isinstance(x, np.ndarray) else jnp.pad
-    return pad(x, widths, mode="reflect")
 
 
 # --------------------------------------------------------------------------- keys and op choice

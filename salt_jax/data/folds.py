@@ -34,7 +34,7 @@ from typing import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from salt_jax.data.rle import DataError
+from salt_jax.errors import DataError
 from salt_jax.fileio import atomic_write
 
 __all__ = ["mask_type", "mask_types", "make_folds", "split_indices", "write_folds_csv",

@@ -44,12 +44,13 @@ import numpy as np
 from PIL import Image
 
 from salt_jax.cache import cache_root
-from salt_jax.data.rle import DataError, rle_decode
+from salt_jax.data.geometry import IMAGE_SIZE as SIZE
+from salt_jax.data.rle import rle_decode
+from salt_jax.errors import DataError
 from salt_jax.fileio import atomic_write
 
-__all__ = ["DataError", "TrainSet", "TestSet", "load_train", "load_test", "default_cache_dir"]
+__all__ = ["TrainSet", "TestSet", "load_train", "load_test", "default_cache_dir"]
 
-SIZE = 101
 _CACHE_VERSION = b"salt_jax.kaggle/v1"
 _IMAGE_MODES = ("L", "LA", "RGB", "RGBA", "P")
 # Full-scale salt level per mask mode, besides 1 which is accepted for every mode.

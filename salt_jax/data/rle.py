@@ -1,10 +1,8 @@
-"""Kaggle's run-length encoding of binary masks, and the data error type.
+"""Kaggle's run-length encoding of binary masks.
 
 The TGS format numbers pixels column-major (down the first column, then the next), 1-based, and
 writes "start length" pairs separated by single spaces; an empty mask is the empty string.
 Encoding and decoding are vectorised with numpy: no Python loop over pixels or runs.
-
-`DataError` lives here, in the lowest-level data module, so every reader can raise it.
 """
 
 from __future__ import annotations
@@ -14,16 +12,13 @@ import re
 
 import numpy as np
 
-from salt_jax.errors import UserError
+from salt_jax.data.geometry import IMAGE_SIZE
+from salt_jax.errors import DataError
 
-__all__ = ["DataError", "rle_encode", "rle_decode"]
+__all__ = ["rle_encode", "rle_decode"]
 
 # ASCII digits and whitespace only (str.isdigit would also accept e.g. superscripts).
 _DIGITS = re.compile(r"[0-9\s]+", re.ASCII)
-
-
-class DataError(UserError, ValueError):
-    """Invalid input data; the message names the offending file, id or value."""
 
 
 def rle_encode(mask: np.ndarray) -> str:
@@ -49,7 +44,7 @@ def rle_encode(mask: np.ndarray) -> str:
     return " ".join(map(str, pairs.tolist()))
 
 
-def rle_decode(rle: str | float | None, shape: tuple[int, int] = (101, 101)) -> np.ndarray:
+def rle_decode(rle: str | float | None, shape: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE)) -> np.ndarray:
     """Decode Kaggle RLE into a uint8 (H, W) mask of 0/1.
 
     Args:

@@ -27,12 +27,12 @@ import numpy as np
 from PIL import Image
 
 from salt_jax.cache import cache_root
+from salt_jax.data.geometry import IMAGE_SIZE as SIZE
 from salt_jax.data.rle import rle_encode
 
 __all__ = ["generate", "generate_arrays", "default_data_dir", "ensure_default_data",
            "DEFAULT_N_TRAIN", "DEFAULT_N_TEST"]
 
-SIZE = 101
 VERSION = "synthetic-v1"
 # Small on purpose: the default set exists for the CPU demo and tests, where a 2-core machine
 # trains the tiny UNet at ~6 images/s (docs/BENCHMARKS.md).

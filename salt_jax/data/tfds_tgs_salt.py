@@ -31,7 +31,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from salt_jax.data.kaggle import SIZE, load_test, load_train
+from salt_jax.data.geometry import IMAGE_SIZE as SIZE
+from salt_jax.data.kaggle import load_test, load_train
 
 _DESCRIPTION = """TGS Salt Identification Challenge (Kaggle 2018): 101x101 seismic image crops
 with binary salt masks (train) and the depth of each crop. Pixels are one uint8 channel; masks

@@ -96,6 +96,8 @@ class TrainConfig:
             problems.append(f"fold_rule={self.fold_rule!r}: expected one of {FOLD_RULES}")
         if self.recipe not in RECIPES:
             problems.append(f"recipe={self.recipe!r}: expected one of {RECIPES}")
+        if self.recipe == "cosine" and not self.min_lr <= self.lr:  # it would anneal upwards
+            problems.append(f"min_lr={self.min_lr} is above lr={self.lr}: the cosine recipe anneals lr -> min_lr")
         if self.cycle_epochs < 1:
             problems.append(f"cycle_epochs={self.cycle_epochs}: expected >= 1")
         if self.dtype is not None and self.dtype not in DTYPES:

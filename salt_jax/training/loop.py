@@ -35,19 +35,19 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from salt_jax import checksums
-from salt_jax.data import write_folds_csv
+from salt_jax.data import geometry, write_folds_csv
+from salt_jax.data.fold_data import FoldData, Split, epoch_batches, eval_batches, load_fold, padded_size
 from salt_jax.errors import UserError
 from salt_jax.fileio import atomic_write
-from salt_jax.losses import CROP_101
-from salt_jax.metrics import kaggle_map_np
+from salt_jax.losses import LossOptions
+from salt_jax.metrics import kaggle_map
 from salt_jax.models import archs, store
 from salt_jax.training.checkpoint import Checkpoints
 from salt_jax.training.config import TrainConfig, default_workdir, load_config_json
-from salt_jax.training.fold_data import FoldData, Split, epoch_batches, eval_batches, load_fold, padded_size
-from salt_jax.training.plateau import ReduceOnPlateau, cosine_cycle_lr
+from salt_jax.training.schedules import ReduceOnPlateau, cosine_cycles
 from salt_jax.training.workdir import BEST
 from salt_jax.mesh import data_mesh
-from salt_jax.training.steps import LossOptions, Steps, make_optimizer, replicate, shard_batch
+from salt_jax.training.steps import Trainer, make_optimizer, replicate, shard_batch
 
 PROGRESS_EVERY = 10  # steps between (lagged) loss reads for the progress bar
 FIGURE_ROWS = 8  # validation images in predictions.png
@@ -68,7 +68,7 @@ class RunResult:
     workdir: pathlib.Path
     records: list[dict[str, Any]]
     best_val_map: float
-    state: Any  # the final train state (params, rest, opt_state, step)
+    state: Any  # the final train state (params, batch_stats, opt_state, step)
     compiles: dict[str, int]  # jitted function -> number of compilations in this process
     empty_val_map: float  # val_map of predicting no salt anywhere: the baseline to beat
     start_val_map: float | None = None  # fine-tuning: the starting model's score, to be beaten
@@ -95,27 +95,30 @@ def run(cfg: TrainConfig) -> RunResult:
     _check_batch(cfg, len(data.train_images))
     _claim_workdir(workdir, cfg, _inputs(cfg, split), split)  # the first write
     log = _Logger(workdir, progress=cfg.progress)
-    steps = Steps(_build_model(cfg, pretrained), make_optimizer(cfg.recipe, cfg.resolved_weight_decay(), cfg.lr), mesh,
-                  seed=cfg.seed, loss=LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz, cfg.original_dice), augment=cfg.augment)
-    arrays = {k: replicate(v, steps.replicated) for k, v in dataclasses.asdict(data).items() if k != "val_ids"}
+    loss = LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz, cfg.original_dice)
+    trainer = Trainer(_build_model(cfg, pretrained), make_optimizer(cfg.recipe, cfg.resolved_weight_decay(), cfg.lr),
+                      mesh, seed=cfg.seed, loss=loss, augment=cfg.augment)
+    arrays = {k: replicate(v, trainer.replicated) for k, v in dataclasses.asdict(data).items() if k != "val_ids"}
 
     ckpt = Checkpoints(workdir / "checkpoints")
-    state = steps.init_state()
+    state = trainer.init_state()
     progress = _fresh_progress(cfg)
     restored = ckpt.restore_latest(state, report=log.info)
     if restored is not None:
         state, progress = restored
         log.info(f"resumed {workdir} at epoch {progress['next_epoch']} (best val_map {progress['best_val_map']:.4f})")
     elif cfg.finetune_from:  # best/ must beat the starting model (salt_jax.training.finetune)
-        progress["best_val_map"] = progress["start_val_map"] = _starting_val_map(steps, state, arrays, cfg)
+        progress["best_val_map"] = progress["start_val_map"] = _starting_val_map(trainer, state, arrays, cfg)
         log.info(f"fine-tuning {cfg.finetune_from}: its val_map is {progress['start_val_map']:.4f} (eval mode); "
                  f"best/ is written only by an epoch that beats it")
     elif not cfg.pretrained:
         log.warn("no --pretrained checkpoint: the encoder starts from random weights (expect a much lower "
                  "val_map than the ImageNet-initialised original)")
     log.rewrite_metrics(progress["history"])
-    _repair_best(workdir, ckpt, state, progress, steps, cfg, log)
+    _repair_best(workdir, ckpt, state, progress, trainer, cfg, log)
     plateau = ReduceOnPlateau(**progress["plateau"])
+    cosine = (cosine_cycles(max_lr=cfg.lr, min_lr=cfg.min_lr, cycle_epochs=cfg.cycle_epochs, epochs=cfg.epochs)
+              if cfg.recipe == "cosine" else None)
     n_dev = mesh.devices.size
     log.info(f"{cfg.arch} fold {cfg.fold}: {len(data.train_images)} train / {len(data.val_images)} val images, "
              f"global batch {cfg.batch_size} (last partial batch kept) on {n_dev} {jax.default_backend()} device(s)"
@@ -125,16 +128,15 @@ def run(cfg: TrainConfig) -> RunResult:
     last_probs = None
     try:
         for epoch in range(progress["next_epoch"], cfg.epochs):
-            if epoch == cfg.switch_epoch and epoch > 0:
-                state = steps.reset_optimizer(state)  # fresh moments for the Lovasz round
+            if epoch > 0 and loss.use_lovasz(epoch) and not loss.use_lovasz(epoch - 1):
+                state = trainer.reset_optimizer(state)  # fresh moments for the Lovasz round
                 plateau.reset()
-            lr = plateau.lr if cfg.recipe == "original" else cosine_cycle_lr(
-                epoch, max_lr=cfg.lr, min_lr=cfg.min_lr, cycle_epochs=cfg.cycle_epochs)
-            state = steps.set_lr(state, lr)
-            state, train_loss, seconds = _train_epoch(steps, state, arrays, cfg, epoch, data, log)
-            val_loss, val_map, last_probs = _evaluate(steps, state, arrays, cfg, epoch)
+            lr = plateau.lr if cosine is None else float(cosine(epoch))
+            state = trainer.set_lr(state, lr)
+            state, train_loss, seconds = _train_epoch(trainer, state, arrays, cfg, epoch, data, log)
+            val_loss, val_map, last_probs = _evaluate(trainer, state, arrays, cfg, epoch)
             record = {
-                "epoch": epoch, "step": int(state["step"]), "round": "lovasz" if epoch >= cfg.switch_epoch else "bce_dice",
+                "epoch": epoch, "step": int(state["step"]), "round": "lovasz" if loss.use_lovasz(epoch) else "bce_dice",
                 "switch_epoch": cfg.switch_epoch, "train_loss": train_loss, "val_loss": val_loss, "val_map": val_map,
                 "lr": lr, "seconds": seconds, "images_per_s": _images(data, cfg) / seconds,
             }
@@ -142,7 +144,7 @@ def run(cfg: TrainConfig) -> RunResult:
                 plateau.step(val_map)
             if val_map > progress["best_val_map"]:
                 progress["best_val_map"] = val_map
-                store.save(workdir / BEST, steps.model(state), arch=cfg.arch, metadata=_best_metadata(cfg, record))
+                store.save(workdir / BEST, trainer.model(state), arch=cfg.arch, metadata=_best_metadata(cfg, record))
             record["best_val_map"] = progress["best_val_map"]
             progress.update(next_epoch=epoch + 1, plateau=dataclasses.asdict(plateau),
                             history=progress["history"] + [record])
@@ -150,7 +152,7 @@ def run(cfg: TrainConfig) -> RunResult:
             log.epoch(record)
             if cfg.recipe == "cosine" and (epoch + 1) % cfg.cycle_epochs == 0:
                 k = (epoch + 1) // cfg.cycle_epochs
-                store.save(workdir / "snapshots" / f"cycle-{k}", steps.model(state), arch=cfg.arch,
+                store.save(workdir / "snapshots" / f"cycle-{k}", trainer.model(state), arch=cfg.arch,
                               metadata={"epoch": epoch, "cycle": k, "val_map": val_map})
     finally:
         ckpt.close()
@@ -160,9 +162,9 @@ def run(cfg: TrainConfig) -> RunResult:
     if (last_probs is None and progress["history"] and jax.process_count() == 1
             and not (workdir / "predictions.png").is_file()):
         # A re-run of a finished run (no epoch left) redraws a figure that a crash left unwritten.
-        last_probs = _evaluate(steps, state, arrays, cfg, progress["next_epoch"] - 1)[2]
+        last_probs = _evaluate(trainer, state, arrays, cfg, progress["next_epoch"] - 1)[2]
     _pictures(workdir, progress["history"], data, last_probs, log)
-    compiles = {"train_step": steps.train_step._cache_size(), "eval_step": steps.eval_step._cache_size()}
+    compiles = {"train_step": trainer.train_step._cache_size(), "eval_step": trainer.eval_step._cache_size()}
     return RunResult(workdir, progress["history"], progress["best_val_map"], state, compiles, empty_val_map,
                      progress.get("start_val_map"))
 
@@ -173,8 +175,8 @@ def all_empty_map(val_masks_128: np.ndarray) -> float:
     An empty prediction scores 1 on an empty mask and 0 on any other, so this is the share of
     empty validation masks: what a model must beat to have learned anything.
     """
-    masks = val_masks_128[:, CROP_101, CROP_101]
-    return kaggle_map_np(masks, np.zeros_like(masks))
+    masks = geometry.crop(val_masks_128)
+    return kaggle_map(masks, np.zeros_like(masks))
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -334,7 +336,7 @@ def _best_metadata(cfg: TrainConfig, record: dict[str, Any]) -> dict[str, Any]:
     return {"epoch": record["epoch"], "val_map": record["val_map"], "fold": cfg.fold, "encoder": cfg.encoder}
 
 
-def _repair_best(workdir: pathlib.Path, ckpt: Checkpoints, state_like, progress: dict[str, Any], steps: Steps,
+def _repair_best(workdir: pathlib.Path, ckpt: Checkpoints, state_like, progress: dict[str, Any], trainer: Trainer,
                  cfg: TrainConfig, log: "_Logger") -> None:
     """Completes best/ when a crash (or a person) left it missing: an interrupted save's complete
     copy is moved into place, else the best epoch's checkpoint is exported again if still kept.
@@ -355,7 +357,7 @@ def _repair_best(workdir: pathlib.Path, ckpt: Checkpoints, state_like, progress:
                  f"best/ is written again when val_map improves")
         return
     state, _ = ckpt.restore(top["epoch"] + 1, state_like)
-    store.save(best, steps.model(state), arch=cfg.arch, metadata=_best_metadata(cfg, top))
+    store.save(best, trainer.model(state), arch=cfg.arch, metadata=_best_metadata(cfg, top))
     log.info(f"rebuilt {best} from the checkpoint of epoch {top['epoch']}")
 
 
@@ -373,7 +375,7 @@ def _images(data: FoldData, cfg: TrainConfig) -> int:
 # ---------------------------------------------------------------------------------------------- epochs
 
 
-def _train_epoch(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int, data: FoldData, log: "_Logger"):
+def _train_epoch(trainer: Trainer, state, arrays, cfg: TrainConfig, epoch: int, data: FoldData, log: "_Logger"):
     """One pass over the training batches of `epoch`. Returns (state, mean loss, seconds).
 
     The host never waits for the device inside the epoch except for a lagged loss read every
@@ -381,17 +383,17 @@ def _train_epoch(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int, data
     deadlock when steps are dispatched asynchronously on few cores).
     """
     batches = epoch_batches(len(data.train_images), cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                            n_devices=steps.mesh.devices.size)
+                            n_devices=trainer.mesh.devices.size)
     sync_each_step = _must_sync_each_step()
     first_step = int(state["step"])
-    epoch_arg = replicate(np.asarray(epoch, np.int32), steps.replicated)
+    epoch_arg = replicate(np.asarray(epoch, np.int32), trainer.replicated)
     losses = []
     bar = tqdm(total=len(data.train_images), unit="img", unit_scale=True, leave=False, disable=not log.show_progress,
                desc=f"epoch {epoch}")
     start = time.perf_counter()
     for i, (idx, valid) in enumerate(batches):
-        state, out = steps.train_step(state, arrays["train_images"], arrays["train_masks"],
-                                      shard_batch(idx, steps.batch_sharded), shard_batch(valid, steps.batch_sharded),
+        state, out = trainer.train_step(state, arrays["train_images"], arrays["train_masks"],
+                                      shard_batch(idx, trainer.batch_sharded), shard_batch(valid, trainer.batch_sharded),
                                       epoch_arg)
         losses.append(out["loss"])
         if sync_each_step:
@@ -422,18 +424,18 @@ def _check_finite(values, first_step: int, epoch: int) -> None:
             f"without saving anything of epoch {epoch} (checkpoints written before it are unchanged)")
 
 
-def _evaluate(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int):
+def _evaluate(trainer: Trainer, state, arrays, cfg: TrainConfig, epoch: int):
     """Eval-mode validation over every image.
 
     Returns (val_loss, val_map, probs of the first batches holding FIGURE_ROWS images).
     """
-    idx, valid = eval_batches(len(arrays["val_images"]), padded_size(cfg.batch_size, steps.mesh.devices.size))
-    epoch_arg = replicate(np.asarray(epoch, np.int32), steps.replicated)
+    idx, valid = eval_batches(len(arrays["val_images"]), padded_size(cfg.batch_size, trainer.mesh.devices.size))
+    epoch_arg = replicate(np.asarray(epoch, np.int32), trainer.replicated)
     totals, first_probs = [], []
     for b in range(len(idx)):
-        sums, probs = steps.eval_step(state["params"], state["rest"], arrays["val_images"], arrays["val_masks"],
-                                      shard_batch(idx[b], steps.batch_sharded),
-                                      shard_batch(valid[b], steps.batch_sharded), epoch_arg)
+        sums, probs = trainer.eval_step(state["params"], state["batch_stats"], arrays["val_images"], arrays["val_masks"],
+                                      shard_batch(idx[b], trainer.batch_sharded),
+                                      shard_batch(valid[b], trainer.batch_sharded), epoch_arg)
         if _must_sync_each_step():
             jax.block_until_ready(sums)
         totals.append(sums)
@@ -446,9 +448,9 @@ def _evaluate(steps: Steps, state, arrays, cfg: TrainConfig, epoch: int):
     return val_loss, val_map, first_probs
 
 
-def _starting_val_map(steps: Steps, state, arrays, cfg: TrainConfig) -> float:
+def _starting_val_map(trainer: Trainer, state, arrays, cfg: TrainConfig) -> float:
     """Fine-tuning: the score of the model it starts from, measured like every epoch (eval mode)."""
-    return _evaluate(steps, state, arrays, cfg, 0)[1]
+    return _evaluate(trainer, state, arrays, cfg, 0)[1]
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -513,9 +515,8 @@ def _pictures(workdir: pathlib.Path, history: list[dict], data: FoldData, probs,
 
     viz.plot_curves(history, workdir / "curves.png")
     if probs is not None and jax.process_count() == 1:
-        crop = slice(13, 114)
         n = min(FIGURE_ROWS, len(data.val_ids))
         probs = np.concatenate([np.asarray(jax.device_get(p)) for p in probs])
-        viz.prediction_grid(data.val_images[:n, crop, crop], data.val_masks[:n, crop, crop],
+        viz.prediction_grid(geometry.crop(data.val_images[:n]), geometry.crop(data.val_masks[:n]),
                             probs[:n], workdir / "predictions.png",
                             ids=data.val_ids[:n], n=n)

@@ -1,8 +1,9 @@
 """One fold's training and validation arrays, and the per-epoch batch order.
 
-The arrays are padded 101 -> 128 once on the host and kept as uint8 (the devices hold them whole;
-conversion to float and augmentation happen inside the jitted step). The batch order of an epoch
-is a pure function of (seed, epoch), so a resumed run sees exactly the batches it would have seen.
+The arrays are padded 101 -> 128 (salt_jax.data.geometry) once on the host and kept as uint8 (the
+devices hold them whole; scaling and augmentation happen inside the jitted step). The batch order
+of an epoch is a pure function of (seed, epoch), so a resumed run sees exactly the batches it
+would have seen.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import pathlib
 import numpy as np
 
 from salt_jax import checksums
-from salt_jax.data import DataError, load_train, make_folds, mask_types, read_folds_csv, split_indices
-from salt_jax.data.augment import pad_reflect_128
+from salt_jax.data import geometry
+from salt_jax.data.folds import make_folds, mask_types, read_folds_csv, split_indices
+from salt_jax.data.kaggle import load_train
+from salt_jax.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +63,10 @@ def load_fold(data_dir: str | pathlib.Path, fold: int, *, folds_csv: str | None,
     if len(val_idx) == 0:
         raise DataError(f"fold {fold} of {data_dir} has no validation images")
     return FoldData(
-        train_images=pad_reflect_128(train.images[train_idx]),
-        train_masks=pad_reflect_128(train.masks[train_idx]),
-        val_images=pad_reflect_128(train.images[val_idx]),
-        val_masks=pad_reflect_128(train.masks[val_idx]),
+        train_images=geometry.pad(train.images[train_idx]),
+        train_masks=geometry.pad(train.masks[train_idx]),
+        val_images=geometry.pad(train.images[val_idx]),
+        val_masks=geometry.pad(train.masks[val_idx]),
         val_ids=tuple(train.ids[i] for i in val_idx),
     ), split
 
