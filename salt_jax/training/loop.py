@@ -454,7 +454,12 @@ def _starting_val_map(steps: Steps, state, arrays, cfg: TrainConfig) -> float:
 
 
 class _Logger:
-    """metrics.jsonl, TensorBoard (if tensorboardX is importable) and console lines; process 0 only."""
+    """metrics.jsonl, TensorBoard (if tensorboardX is importable) and console lines; process 0 only.
+
+    Kept in our hands rather than clu.metric_writers: metrics.jsonl must be rewritten to the
+    checkpoint's history on resume (a writer library only appends), clu's TensorBoard writer needs
+    TensorFlow (tensorboardX is a small optional extra), and what is left is five add_scalar calls.
+    """
 
     def __init__(self, workdir: pathlib.Path, *, progress: bool):
         self.primary = jax.process_index() == 0
@@ -480,9 +485,8 @@ class _Logger:
     def rewrite_metrics(self, history: list[dict]) -> None:
         """metrics.jsonl = the checkpoint's history (drops epochs after the checkpoint we resume from)."""
         if self.primary:
-            tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-            tmp.replace(self.metrics_path)
+            with atomic_write(self.metrics_path) as f:
+                f.write("".join(json.dumps(r) + "\n" for r in history))
 
     def epoch(self, record: dict) -> None:
         if not self.primary:
