@@ -94,8 +94,7 @@ def run(cfg: TrainConfig) -> RunResult:
     _check_batch(cfg, len(data.train_images))
     _claim_workdir(workdir, cfg, _inputs(cfg, split), split)  # the first write
     log = _Logger(workdir, progress=cfg.progress)
-    steps = Steps(_build_model(cfg, pretrained), make_optimizer(cfg.recipe, cfg.resolved_weight_decay(), cfg.lr), mesh,
-                  seed=cfg.seed, loss=LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz, cfg.original_dice), augment=cfg.augment)
+    steps = build_steps(cfg, _build_model(cfg, pretrained), mesh)
     arrays = {k: replicate(v, steps.replicated) for k, v in dataclasses.asdict(data).items() if k != "val_ids"}
 
     ckpt = Checkpoints(workdir / "checkpoints")
@@ -164,6 +163,13 @@ def run(cfg: TrainConfig) -> RunResult:
     compiles = {"train_step": steps.train_step._cache_size(), "eval_step": steps.eval_step._cache_size()}
     return RunResult(workdir, progress["history"], progress["best_val_map"], state, compiles, empty_val_map,
                      progress.get("start_val_map"))
+
+
+def build_steps(cfg: TrainConfig, model: nnx.Module, mesh) -> Steps:
+    """The jitted train and eval steps of `cfg` for `model`: what a run trains with, and what
+    benchmarks/bench_grid.py times."""
+    return Steps(model, make_optimizer(cfg.recipe, cfg.weight_decay, cfg.lr), mesh, seed=cfg.seed,
+                 loss=LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz, cfg.original_dice), augment=cfg.augment)
 
 
 def all_empty_map(val_masks_128: np.ndarray) -> float:
