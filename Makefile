@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(PY) train.py --demo
 
 bench: $(STAMP)
-	$(PY) -m salt_jax.bench --cpu
+	$(PY) benchmarks/bench_grid.py --cpu
 
 # The suite under Python 3.12 without torch (the torch tests skip: our pinned CPU torch is a
 # Python 3.11 build), in one of two version sets:

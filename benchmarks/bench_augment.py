@@ -5,22 +5,23 @@
     python benchmarks/bench_augment.py --figure          # docs/figures/augment.png from real data
 
 Throughput is images/s of the jitted `augment_batch` on (N, 128, 128, 1) float32 images, after
-warm-up (compilation excluded), timed with block_until_ready. Each run appends one JSON line
-per batch size to benchmarks/results.jsonl.
+warm-up (compilation excluded): one window of `--iters` calls closed by block_until_ready
+(benchmarks/timing.py). Each run appends one JSON line per batch size to benchmarks/results.jsonl
+(benchmarks/records.py's schema, task "augment").
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results.jsonl"
+sys.path.insert(1, str(REPO))  # this checkout's salt_jax
+import records  # noqa: E402
+from timing import timed  # noqa: E402
+
 FIGURE = REPO / "docs" / "figures" / "augment.png"
 
 
@@ -38,8 +39,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def measure(batch: int, iters: int, warmup: int) -> float:
-    """images/s of augment_batch for one batch size on JAX's default device."""
+def measure(batch: int, iters: int, warmup: int) -> dict[str, float]:
+    """timing.timed's figures (ms per call) of augment_batch for one batch size on JAX's default device."""
     import jax
 
     from salt_jax.data.augment import augment_batch, batch_key
@@ -47,50 +48,29 @@ def measure(batch: int, iters: int, warmup: int) -> float:
     k_img, _ = jax.random.split(jax.random.key(0))
     images = jax.random.uniform(k_img, (batch, 128, 128, 1))
     masks = (images > 0.5).astype(images.dtype)
-    for step in range(warmup):
-        jax.block_until_ready(augment_batch(batch_key(0, 0, step), images, masks))
-    keys = [batch_key(0, 1, step) for step in range(iters)]  # made before the clock starts
+    keys = [batch_key(0, 0, step) for step in range(warmup + iters)]  # made before the clock starts
     jax.block_until_ready(keys)
-    start = time.perf_counter()
-    for key in keys:
-        out = augment_batch(key, images, masks)
-    jax.block_until_ready(out)
-    return batch * iters / (time.perf_counter() - start)
+    keys = iter(keys)
+    last = []
+
+    def call() -> None:
+        last[:] = [augment_batch(next(keys), images, masks)]
+
+    return timed(call, 1, warmup=warmup, iters=iters, sync=lambda: jax.block_until_ready(last))
 
 
 def benchmark(args: argparse.Namespace) -> None:
     import jax
 
-    device = jax.devices()[0]
-    name = f"{device.platform}: {device.device_kind}"
-    if device.platform == "cpu":  # device_kind is just "cpu": name the processor instead
-        name = f"cpu: {_cpu_model()}, {os.cpu_count()} cores"
+    name = records.device_name()
     print(f"augment_batch throughput on {name} (jax {jax.__version__})")
     print(f"{'batch':>6} {'images/s':>12}")
     for batch in args.batch:
-        rate = measure(batch, args.iters, args.warmup)
-        print(f"{batch:>6} {rate:>12.0f}")
+        line = records.record("augment", framework="jax", batch=batch, timing=measure(batch, args.iters, args.warmup),
+                              precision="float32", device=name)
+        print(f"{batch:>6} {line['images_per_s']:>12.0f}")
         if not args.no_record:
-            record = {
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "device": name, "task": "augment", "framework": "jax", "batch": batch,
-                "images_per_s": round(rate, 1), "jax": jax.__version__,
-            }
-            with open(RESULTS, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-
-def _cpu_model() -> str:
-    """The processor's model name from /proc/cpuinfo (Linux), else platform.processor()."""
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+            records.append(line)
 
 
 def _read_real(n: int):

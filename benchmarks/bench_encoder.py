@@ -11,31 +11,30 @@ Measures, appending one JSON line each to benchmarks/results.jsonl:
       a 1000-class head; forward in eval mode; train step = forward in train mode (batch
       statistics) + softmax cross-entropy + backward + plain SGD update.
 Each figure is the median of `--repeats` timed calls after one untimed (compiling) call, with
-a device sync inside every call; min and max are recorded too, as is the load average, because
-the CPU box is shared.
+a device sync inside every call (benchmarks/timing.py); lines follow benchmarks/records.py's
+schema (min, max and the load average too: the CPU box is shared).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
-import platform
+import sys
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import flax
 import optax
 from flax import nnx
 
-from salt_jax.models.layers import GroupedConv
-from salt_jax.models.senet import se_resnext50_32x4d
-from timing import timed
+sys.path.insert(1, str(pathlib.Path(__file__).resolve().parents[1]))  # this checkout's salt_jax and convert
+import records  # noqa: E402
+from salt_jax.models.layers import GroupedConv  # noqa: E402
+from salt_jax.models.senet import se_resnext50_32x4d  # noqa: E402
+from timing import timed  # noqa: E402
 
-RESULTS = pathlib.Path(__file__).with_name("results.jsonl")
 LR = 0.01
 
 
@@ -123,21 +122,6 @@ def torch_cases(batch: int, size: int, device: str) -> dict[str, Callable[[], ob
 # ---------------------------------------------------------------- driver
 
 
-def _torch_version() -> str | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.__version__
-
-
-def device_name(device: str) -> str:
-    if device == "cpu":
-        model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-        return f"cpu: {model}, {os.cpu_count()} cores"
-    return f"{device}: {jax.devices()[0].device_kind}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=["cpu", "gpu", "tpu"], default=jax.default_backend())
@@ -147,7 +131,7 @@ def main() -> None:
     parser.add_argument("--impls", default="native,dense", help="grouped-conv implementations to time")
     parser.add_argument("--parts", default="layer,model", help="layer (a), model (b) or both")
     parser.add_argument("--no-torch", action="store_true", help="JAX only (e.g. no CUDA torch on the box)")
-    parser.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    parser.add_argument("--out", type=pathlib.Path, default=records.RESULTS)
     args = parser.parse_args()
     if args.device != jax.default_backend():
         jax.config.update("jax_platform_name", args.device)
@@ -156,25 +140,13 @@ def main() -> None:
 
         torch.set_num_threads(os.cpu_count())
 
-    common = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": device_name(args.device),
-        "model": "se_resnext50_32x4d",
-        "precision": "float32",
-        "batch": args.batch,
-        "size": args.size,
-        "versions": {"jax": jax.__version__, "flax": flax.__version__, "torch": _torch_version()},
-    }
-
     def record(task: str, framework: str, variant: str, fn: Callable[[], object]) -> None:
-        line = {**common, "task": task, "framework": framework, "variant": variant, **timed(fn, args.repeats)}
-        line["images_per_s"] = round(args.batch / (line["ms"] / 1e3), 2)
-        line["loadavg_1min"] = round(os.getloadavg()[0], 2)
-        if task == "grouped_conv_fwd_bwd":
-            line["model"], line["size"] = "grouped_conv_128x128_g32_at32", 32
+        layer = task == "grouped_conv_fwd_bwd"
+        line = records.record(task, framework=framework, batch=args.batch, timing=timed(fn, args.repeats),
+                              model="grouped_conv_128x128_g32_at32" if layer else "se_resnext50_32x4d",
+                              variant=variant, precision="float32", size=32 if layer else args.size)
         print(json.dumps(line), flush=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        records.append(line, args.out)
 
     impls, parts = args.impls.split(","), args.parts.split(",")
     if "layer" in parts:

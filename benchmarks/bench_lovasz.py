@@ -9,25 +9,23 @@ median wall-clock milliseconds per value-and-gradient call.
     python benchmarks/bench_lovasz.py --device gpu          # JAX on the GPU, torch on cuda
 
 Each measurement is appended as one JSON line to benchmarks/results.jsonl
-(keys: date, device, task, framework, variant, batch, ms).
+(benchmarks/records.py's schema; task "lovasz", variant the hinge: "elu+1" or "relu").
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import torch
 
-from salt_jax.losses import lovasz_hinge
-from timing import timed
-
-RESULTS = Path(__file__).resolve().parent / "results.jsonl"
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's salt_jax
+import records  # noqa: E402
+from salt_jax.losses import lovasz_hinge  # noqa: E402
+from timing import timed  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
@@ -62,17 +60,17 @@ def torch_lovasz_hinge(logits: torch.Tensor, labels: torch.Tensor, variant: str)
 # ----------------------------------------------------------------------------------------------
 
 
-def bench_jax(logits: np.ndarray, labels: np.ndarray, variant: str, device: str, **timing) -> tuple[float, float]:
-    """(ms, loss) of the jitted value-and-gradient on the chosen JAX backend."""
+def bench_jax(logits: np.ndarray, labels: np.ndarray, variant: str, device: str, **timing) -> tuple[dict, float]:
+    """(timing.timed's figures, loss) of the jitted value-and-gradient on the chosen JAX backend."""
     target = jax.devices(device)[0]
     x, y = jax.device_put(logits, target), jax.device_put(labels, target)
     step = jax.jit(jax.value_and_grad(lambda a, b: lovasz_hinge(a, b, variant=variant)))
-    ms = timed(lambda: jax.block_until_ready(step(x, y)), **timing)["ms"]
-    return ms, float(step(x, y)[0])
+    t = timed(lambda: jax.block_until_ready(step(x, y)), **timing)
+    return t, float(step(x, y)[0])
 
 
-def bench_torch(logits: np.ndarray, labels: np.ndarray, variant: str, device: str, **timing) -> tuple[float, float]:
-    """(ms, loss) of forward + backward of the per-image PyTorch port."""
+def bench_torch(logits: np.ndarray, labels: np.ndarray, variant: str, device: str, **timing) -> tuple[dict, float]:
+    """(timing.timed's figures, loss) of forward + backward of the per-image PyTorch port."""
     torch_device = "cuda" if device == "gpu" else "cpu"
     x = torch.tensor(logits, device=torch_device, requires_grad=True)
     y = torch.tensor(labels, device=torch_device)
@@ -85,19 +83,8 @@ def bench_torch(logits: np.ndarray, labels: np.ndarray, variant: str, device: st
             torch.cuda.synchronize()
         return loss.item()
 
-    ms = timed(run, **timing)["ms"]
-    return ms, run()
-
-
-def describe_device(device: str) -> str:
-    if device == "cpu":
-        model = next(
-            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")),
-            platform.processor() or "unknown CPU",
-        )
-        return f"cpu: {model}, {torch.get_num_threads()} torch threads"
-    return f"gpu: {jax.devices(device)[0].device_kind}"
+    t = timed(run, **timing)
+    return t, run()
 
 
 def main() -> None:
@@ -117,29 +104,26 @@ def main() -> None:
     labels = (rng.random(shape) < 0.4).astype(np.float32)
     labels[: args.batch // 4] = 0.0  # like the data: a good share of empty masks
     timing = {"warmup": args.warmup, "repeats": args.repeats}
-    device = describe_device(args.device)
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    device = records.cpu_name() if args.device == "cpu" else records.device_name("jax")
 
     print(f"Lovasz hinge value+grad, batch {shape}, {device}")
     print(f"jax {jax.__version__}, torch {torch.__version__}, median of {args.repeats}")
     print(f"{'framework':<10}{'variant':<8}{'ms':>10}{'loss':>12}")
-    records = []
+    lines = []
     for variant in args.variants:
         losses_seen = []
         for framework, bench in (("jax", bench_jax), ("torch", bench_torch)):
-            ms, loss = bench(logits, labels, variant, args.device, **timing)
+            t, loss = bench(logits, labels, variant, args.device, **timing)
             losses_seen.append(loss)
-            print(f"{framework:<10}{variant:<8}{ms:>10.2f}{loss:>12.6f}")
-            records.append(
-                {"date": date, "device": device, "task": "lovasz", "framework": framework,
-                 "variant": variant, "batch": args.batch, "ms": round(ms, 3)}
-            )
+            print(f"{framework:<10}{variant:<8}{t['ms']:>10.2f}{loss:>12.6f}")
+            lines.append(records.record("lovasz", framework=framework, batch=args.batch, timing=t, variant=variant,
+                                        precision="float32", device=device, size=args.size))
         if not np.isclose(*losses_seen, rtol=1e-5):
             raise SystemExit(f"jax and torch losses disagree for {variant}: {losses_seen}")
     if not args.no_record:
-        with RESULTS.open("a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        print(f"appended {len(records)} lines to {RESULTS}")
+        for line in lines:
+            records.append(line)
+        print(f"appended {len(lines)} lines to {records.RESULTS}")
 
 
 if __name__ == "__main__":

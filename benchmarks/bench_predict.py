@@ -4,30 +4,31 @@
     python benchmarks/bench_predict.py --encoders tiny 50 101 --batch 64 --images 512
 
 Times `predict_probs` end to end on uint8 (N, 101, 101) images (host->device copy, padding,
-forward, sigmoid, crop, device->host copy) after one untimed warm-up call that compiles.
+forward, sigmoid, crop, device->host copy) after one untimed warm-up call that compiles (benchmarks/timing.py).
 Weights are random (drawn with numpy into the abstract module: the figure does not depend on
 their values, and the modules' own initialisers are slow on a CPU). Appends one JSON line per
-measurement to benchmarks/results.jsonl (task "predict").
+measurement to benchmarks/results.jsonl (benchmarks/records.py's schema, task "predict"; one
+call is `--images` images, so images_per_s counts those, and images_per_cpu_s the images per
+CPU second of this process, the stabler figure on a shared machine).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
+import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 from flax import nnx
 
-from salt_jax import predict
-from salt_jax.models import archs
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's salt_jax
+import records  # noqa: E402
+from salt_jax import predict  # noqa: E402
+from salt_jax.models import archs  # noqa: E402
+from timing import timed  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results.jsonl"
 ARCHS = {"tiny": "unet_tiny", "50": "unet_se_resnext50_32x4d", "101": "unet_se_resnext101_32x4d"}
 
 
@@ -38,13 +39,13 @@ def random_model(arch: str, seed: int = 0) -> nnx.Module:
     return model
 
 
-def measure(model: nnx.Module, images: np.ndarray, *, batch: int, tta: str) -> tuple[float, float]:
-    """(images per wall second, images per CPU second of this process) of predict_probs over
-    `images`, after a compiling warm-up. On a shared machine the CPU-second figure is the stabler."""
+def measure(model: nnx.Module, images: np.ndarray, *, batch: int, tta: str) -> tuple[dict[str, float], float]:
+    """(timing.timed's figures of one predict_probs call over `images`, images per CPU second of
+    this process), after a compiling warm-up on one batch."""
     predict.predict_probs(model, images[:batch], batch_size=batch, tta=tta, progress=False)
-    wall, cpu = time.perf_counter(), time.process_time()
-    predict.predict_probs(model, images, batch_size=batch, tta=tta, progress=False)
-    return len(images) / (time.perf_counter() - wall), len(images) / (time.process_time() - cpu)
+    cpu = time.process_time()
+    t = timed(lambda: predict.predict_probs(model, images, batch_size=batch, tta=tta, progress=False), 1, warmup=0)
+    return t, len(images) / (time.process_time() - cpu)
 
 
 def main() -> None:
@@ -57,19 +58,16 @@ def main() -> None:
     args = parser.parse_args()
 
     images = np.random.default_rng(0).integers(0, 256, (args.images, 101, 101), dtype=np.uint8)
-    device = f"{jax.default_backend()} x{jax.device_count()} ({jax.devices()[0].device_kind})"
     for encoder in args.encoders:
         model = random_model(ARCHS[encoder])
         for tta in args.tta:
-            rate, cpu_rate = measure(model, images, batch=args.batch, tta=tta)
-            row = {"task": "predict", "encoder": encoder, "tta": tta, "batch": args.batch, "images": args.images,
-                   "images_per_s": round(rate, 2), "images_per_cpu_s": round(cpu_rate, 2), "device": device,
-                   "jax": jax.__version__, "load_avg_1min": round(os.getloadavg()[0], 1),
-                   "date": datetime.date.today().isoformat()}
-            print(json.dumps(row), flush=True)
+            t, cpu_rate = measure(model, images, batch=args.batch, tta=tta)
+            line = records.record("predict", framework="jax", batch=args.batch, timing=t, model=ARCHS[encoder],
+                                  variant=f"tta={tta}", tta=tta, images=args.images,
+                                  images_per_s=args.images * 1e3 / t["ms"], images_per_cpu_s=cpu_rate)
+            print(json.dumps(line), flush=True)
             if not args.no_record:
-                with open(RESULTS, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                records.append(line)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 # Installs nothing from the network (the device has none): benchmarks/gpu_env.sh puts the carried
 # wheels (.whl) and pretrainedmodels (.deps) on PYTHONPATH, and our package from the working tree.
 # Measures the headline first (SaltUNet-50, batch 32, bf16 train step: every JAX grouped conv, torch
-# AMP and torch.compile), then the whole plan in priority order (python -m salt_jax.bench; see
+# AMP and torch.compile), then the whole plan in priority order (python benchmarks/bench_grid.py; see
 # build_plan there); it starts no configuration later than BENCH_DEADLINE seconds after the script
 # started (default 530), so each call ends inside the tool's 600 s limit with all measured so far
 # written. --resume skips what this device already
@@ -20,7 +20,7 @@
 # torch hub, Hugging Face/timm caches, any se_resnext* file) and converts them for gpu_fold.sh;
 # what it found is in env.txt.
 # Comes back under $OUT: results.jsonl (every line, old and new), bench.log, table.md, env.txt.
-# Extra arguments go to salt_jax.bench (e.g. --models 50 --batches 32).
+# Extra arguments go to benchmarks/bench_grid.py (e.g. --models 50 --batches 32).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${DRY_RUN:-}" ]; then
@@ -46,14 +46,14 @@ if [ -n "${DRY_RUN:-}" ]; then
   # The tiny model on the CPU at batch 2 in bf16, the GPU's precision (slow on a CPU: a loaded
   # 2-core box needs minutes per configuration); the torch half only where torch is.
   frameworks=jax; "$PY" -c "import torch" 2>/dev/null && frameworks=jax,torch
-  set -- --cpu --models tiny --precisions bf16 --frameworks "$frameworks" --torch-variants amp_cl \
+  set -- --cpu --models tiny --precisions bfloat16 --frameworks "$frameworks" --torch-variants amp_cl \
     --warmup 1 --windows 1 --iters 1 --matmul-n 256 --config-timeout 1500 "$@"
   BENCH_DEADLINE="${BENCH_DEADLINE:-3600}"
 fi
 bench() {  # one pass of the plan selected by "$@", resuming, inside this call's deadline
   local left=$(( ${BENCH_DEADLINE:-530} - SECONDS ))
   if [ "$left" -lt 60 ]; then echo "  skipped (deadline): bench $*" | tee -a "$OUT/bench.log"; return 0; fi
-  "$PY" -m salt_jax.bench --resume --deadline "$left" --results "$GPU_RESULTS" \
+  "$PY" benchmarks/bench_grid.py --resume --deadline "$left" --results "$GPU_RESULTS" \
     --out "$OUT" "$@" 2>&1 | tee -a "$OUT/bench.log"
   return "${PIPESTATUS[0]}"
 }
@@ -62,10 +62,10 @@ status=0
 if [ $# -eq 0 ] && [ -z "${DRY_RUN:-}" ]; then
   # The headline first (issue 16's target: JAX bf16 train step vs the best PyTorch), so even one
   # call measures it: SaltUNet-50 at batch 32, every grouped conv, torch AMP and torch.compile.
-  bench --models 50 --batches 32 --precisions bf16 --tasks train_step || status=$?
+  bench --models 50 --batches 32 --precisions bfloat16 --tasks train_step || status=$?
 fi
 [ "$status" -ne 0 ] || bench "$@" || status=$?
-"$PY" -m salt_jax.bench --table --results "$GPU_RESULTS" >"$OUT/table.md"
+"$PY" benchmarks/bench_grid.py --table --results "$GPU_RESULTS" >"$OUT/table.md"
 cat "$OUT/table.md"
 if [ "$status" -ne 0 ]; then
   echo "SPEED TABLE FAILED (exit $status): see bench.log"

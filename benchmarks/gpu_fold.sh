@@ -64,7 +64,7 @@ echo $(( $(date +%s) - start )) >>"$WORKDIR/slice_seconds"
 cp "$WORKDIR/metrics.jsonl" "$WORKDIR/train.log" "$OUT/" 2>/dev/null
 
 if [ "$rc" -eq 0 ]; then
-  "$PY" -m salt_jax.bench --fold-record "$WORKDIR" --model "$ENCODER" --fold "$FOLD" \
+  "$PY" benchmarks/bench_grid.py --fold-record "$WORKDIR" --model "$ENCODER" --fold "$FOLD" \
     --wall-s "$(( $(paste -sd+ "$WORKDIR/slice_seconds") ))" --slices "$(wc -l <"$WORKDIR/slice_seconds")" \
     --results "$GPU_RESULTS" --out "$OUT" && echo "FOLD DONE"
 elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then

@@ -3,8 +3,8 @@
     python benchmarks/profile_unet.py                         # SE-ResNeXt-50, batch 2, CPU
     python benchmarks/profile_unet.py --model tiny --top 20
 
-Runs the train step and the eval forward of benchmarks/bench_unet.py (same program, random
-weights) under `jax.profiler.trace`, reads the per-operation events of the Perfetto trace and
+Runs the train step (the training's own, benchmarks/programs.py) and the eval forward on random
+weights under `jax.profiler.trace`, reads the per-operation events of the Perfetto trace and
 joins them with the compiled HLO (event name = HLO instruction name). Each operation is put in a
 category from its HLO: a convolution or a fusion around one (YNNPACK's fusions wrap convolutions
 and matmuls) is "conv <k>x<k> forward / input grad / kernel grad", grouped or not; a dot is
@@ -29,7 +29,8 @@ import time
 import jax
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_unet import batch_data, jax_programs  # noqa: E402
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's salt_jax
+import programs  # noqa: E402
 
 INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)\{?[\d,]*\}? (\w[\w-]*)\((.*)$")
 
@@ -90,14 +91,13 @@ def category(name: str, instrs: dict, roots: dict) -> str:
     return op
 
 
-def profile(fn, args, label: str, top: int) -> str:
-    compiled = fn.lower(*args).compile()
-    instrs, roots = parse_hlo(compiled.as_text())
-    jax.block_until_ready(fn(*args))  # warm
+def profile(program: programs.Program, label: str, top: int) -> str:
+    instrs, roots = parse_hlo(program.compiled.as_text())
+    program.blocking()  # warm
     logdir = tempfile.mkdtemp(prefix="salt_prof_")
     start = time.perf_counter()
     with jax.profiler.trace(logdir, create_perfetto_trace=True):
-        jax.block_until_ready(fn(*args))
+        program.blocking()
     wall_ms = (time.perf_counter() - start) * 1e3
     trace = json.load(gzip.open(sorted(glob.glob(f"{logdir}/**/*.trace.json.gz", recursive=True))[-1]))
     per_cat, count, ops = collections.Counter(), collections.Counter(), []
@@ -124,18 +124,18 @@ def main() -> None:
     parser.add_argument("--model", default="se_resnext50_32x4d", choices=["se_resnext50_32x4d", "se_resnext101_32x4d", "tiny"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--top", type=int, default=12)
-    parser.add_argument("--tasks", nargs="+", default=["unet_train_step", "unet_forward"])
+    parser.add_argument("--tasks", nargs="+", default=["train_step", "inference"], choices=["train_step", "inference"])
     args = parser.parse_args()
 
-    from salt_jax.models import archs
-
-    arch = "unet_tiny" if args.model == "tiny" else f"unet_{args.model}"
-    programs = jax_programs(archs.build(arch), *batch_data(args.batch))
+    arch = f"unet_{args.model}"
+    model = programs.jax_model(args.model)
+    images, masks = programs.synthetic_batch(args.batch)
+    build = {"train_step": lambda: programs.jax_train_step(model, images, masks),
+             "inference": lambda: programs.jax_inference(model, images)}
     print(f"{arch} batch {args.batch}, {jax.devices()[0].platform}, jax {jax.__version__}, "
           f"load {os.getloadavg()[0]:.1f}, grouped conv {os.environ.get('SALT_JAX_GROUPED_CONV', 'default')}\n")
     for task in args.tasks:
-        fn, task_args = programs[task]
-        print(profile(fn, task_args, f"{arch} {task}", args.top), "\n", flush=True)
+        print(profile(build[task](), f"{arch} {task}", args.top), "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,29 +1,46 @@
-"""Wall-clock timing shared by the benchmark scripts (run as `python benchmarks/bench_*.py`)."""
+"""The one wall-clock timing helper of the benchmark scripts (run as `python benchmarks/<script>.py`).
+
+A measurement is `repeats` timed windows of `iters` calls each, after `warmup` untimed calls.
+`sync` waits for all queued device work (jax.block_until_ready on the newest output,
+torch.cuda.synchronize); it closes the warm-up and every window, so a window's wall time covers
+exactly its own calls even when the calls only enqueue work. A function that blocks by itself
+needs no `sync`. The figures are milliseconds per call: median, min and max over the windows.
+"""
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
 
 
-def timed(fn: Callable[[], object], repeats: int, *, warmup: int = 1) -> dict[str, float]:
-    """Median, min and max milliseconds per call of `fn` after `warmup` untimed calls.
+def _no_sync() -> None:
+    pass
 
-    `fn` must block until its result is ready (jax.block_until_ready, torch.cuda.synchronize).
+
+def timed(fn: Callable[[], object], repeats: int, *, warmup: int = 1, iters: int = 1,
+          window_s: float | None = None, sync: Callable[[], object] = _no_sync) -> dict[str, float]:
+    """{"ms", "ms_min", "ms_max", "repeats", "iters"} of `fn` (see the module docstring).
+
+    window_s: instead of `iters`, as many calls per window as fill about `window_s` seconds
+    (from one timed call after the warm-up; 1 to 200), for figures that short calls would make noisy.
     """
-    for _ in range(warmup):
-        fn()  # compile / warm up
-    times = []
-    for _ in range(repeats):
+    if window_s is not None:
+        for _ in range(warmup):
+            fn()
+        sync()
         start = time.perf_counter()
         fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"ms": round(statistics.median(times), 2), "ms_min": round(min(times), 2), "ms_max": round(max(times), 2)}
+        sync()
+        iters = max(1, min(200, math.ceil(window_s / (time.perf_counter() - start))))
+        warmup = 0
+    return timed_alternating({"": fn}, repeats, warmup=warmup, iters=iters, sync=sync)[""]
 
 
-def timed_alternating(fns: dict[str, Callable[[], object]], repeats: int, *, warmup: int = 1) -> dict[str, dict[str, float]]:
-    """`timed` for several functions called in turn (a, b, c, a, b, c, ...), per name.
+def timed_alternating(fns: dict[str, Callable[[], object]], repeats: int, *, warmup: int = 1, iters: int = 1,
+                      sync: Callable[[], object] = _no_sync) -> dict[str, dict[str, float]]:
+    """`timed` for several functions, their windows in turn (a, b, c, a, b, c, ...), per name.
 
     On a shared machine the load drifts: alternating exposes every function to the same drift,
     so their ratios hold even when the absolute figures do not.
@@ -31,11 +48,14 @@ def timed_alternating(fns: dict[str, Callable[[], object]], repeats: int, *, war
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    sync()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: {"ms": round(statistics.median(t), 2), "ms_min": round(min(t), 2), "ms_max": round(max(t), 2)}
+            for _ in range(iters):
+                fn()
+            sync()
+            times[name].append((time.perf_counter() - start) * 1e3 / iters)
+    return {name: {"ms": statistics.median(t), "ms_min": min(t), "ms_max": max(t), "repeats": repeats, "iters": iters}
             for name, t in times.items()}

@@ -1,7 +1,10 @@
-"""The benchmark harness (salt_jax.bench): plan order, timing windows, tables, and one real CPU run.
+"""The benchmark tooling (benchmarks/: timing.py, records.py, programs.py, bench_grid.py).
 
-The real run measures the tiny model (batch 2, one timed iteration) through the CLI, in child
-processes as on a GPU, into a temporary results file, and checks every JSON line it wrote.
+Timing is checked on a fake clock with hand-worked figures; the grid's plan order, tables and
+records on made-up lines; the timed train step (training's own) is checked to train (the loss
+falls over repeated steps on one batch); and one real CPU run of the grid (slow)
+measures the tiny model through the CLI, in child processes as on a GPU, into a temporary
+results file, and checks every JSON line it wrote.
 """
 
 from __future__ import annotations
@@ -11,56 +14,93 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from salt_jax import bench
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # the scripts import each other as top-level modules
+
+import bench_grid  # noqa: E402
+import records  # noqa: E402
+import timing  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)
 
-REPO = Path(__file__).resolve().parents[1]
+
+class FakeClock:
+    """time.perf_counter for timing.py: each call of a timed function advances it by its cost."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
-def test_plan_puts_the_bf16_train_steps_first_and_torch_compile_last():
-    plan = bench.build_plan(["50", "101"], [32, 64], ["f32", "bf16"], ["jax", "torch"],
-                            ["train_step", "inference"], ["native", "dense"], list(bench.TORCH_VARIANTS))
-    first = plan[:8]
-    assert all((c.framework, c.task, c.precision) == ("jax", "train_step", "bf16") for c in first)
-    # native and dense side by side per (model, batch): a deadline never leaves a pair half done
-    assert [c.grouped_impl for c in first] == ["native", "dense"] * 4
-    assert [(c.model, c.batch) for c in first[::2]] == [("50", 32), ("50", 64), ("101", 32), ("101", 64)]
-    assert all(c.variant == "compile" for c in plan[-8:])
-    assert len(plan) == len(set(plan))
-    # jax: train 2 precisions x 2 impls + inference 2 precisions; torch: 3 variants x 2 tasks; x 4 (model, batch)
-    assert len(plan) == (4 + 2 + 6) * 4
+def test_timed_reports_milliseconds_per_call_over_windows_and_syncs_each(monkeypatch):
+    clock, calls = FakeClock(), {"fn": 0, "sync": 0}
+    monkeypatch.setattr(timing.time, "perf_counter", clock)
+    costs = iter([9.0, 9.0] + [0.002] * 5 + [0.004] * 5 + [0.003] * 5)  # 2 warm-up calls, 3 windows of 5
 
-
-def test_time_windows_counts_images_over_each_window_and_syncs_each_one():
-    calls = {"step": 0, "sync": 0}
-
-    def step():
-        calls["step"] += 1
+    def fn():
+        calls["fn"] += 1
+        clock.now += next(costs)
 
     def sync():
         calls["sync"] += 1
 
-    median, rates, iters = bench.time_windows(step, sync, batch=4, timing=bench.Timing(warmup=2, windows=3, iters=5))
-    assert (iters, len(rates), calls["step"]) == (5, 3, 2 + 3 * 5)
-    assert calls["sync"] == 1 + 3  # after the warm-up, then once per window
-    assert median == sorted(rates)[1] and median > 0
+    t = timing.timed(fn, 3, warmup=2, iters=5, sync=sync)
+    assert (calls["fn"], calls["sync"]) == (2 + 3 * 5, 1 + 3)  # after the warm-up, then once per window
+    assert (t["ms"], t["ms_min"], t["ms_max"]) == pytest.approx((3.0, 2.0, 4.0))
+    assert (t["repeats"], t["iters"]) == (3, 5)
 
 
-def _record(framework, impl, ips, **extra):
-    return {"device": "GPU X", "task": "train_step", "model": "50", "framework": framework, "variant": "jit",
-            "precision": "bf16", "batch": 32, "grouped_impl": impl, "images_per_s": ips, "date": "2026-01-01T00:00:00",
-            "flops_per_image": 2e11, "tflops": 2e11 * (ips or 0) / 1e12, "frac_of_peak": 0.1, "peak_mem_gib": 3.0,
-            **extra}
+def test_timed_alternating_interleaves_the_windows(monkeypatch):
+    monkeypatch.setattr(timing.time, "perf_counter", FakeClock())
+    order = []
+    timing.timed_alternating({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 2, warmup=1)
+    assert order == ["a", "b"] * 3
+
+
+def test_record_has_the_schema_and_derives_images_per_s():
+    line = records.record("train_step", framework="jax", batch=32, timing={"ms": 80.0, "ms_min": 70.0, "ms_max": 90.0},
+                          model="unet_tiny", variant="jit", precision="float32", device="GPU X", compile_s=3.0)
+    assert line["images_per_s"] == pytest.approx(400.0)  # 32 images in 80 ms
+    assert {"date", "device", "versions", "loadavg", "task", "model", "framework", "variant", "precision", "batch",
+            "ms", "ms_min", "ms_max", "images_per_s"} <= set(line)
+    assert len(line["loadavg"]) == 3 and line["versions"]["python"] and line["compile_s"] == 3.0
+    failed = records.record("inference", framework="torch", batch=2, device="GPU X", error="boom")
+    assert failed["images_per_s"] is None and failed["ms"] is None
+
+
+def test_plan_puts_the_bf16_train_steps_first_and_torch_compile_last():
+    models = ["unet_se_resnext50_32x4d", "unet_se_resnext101_32x4d"]
+    plan = bench_grid.build_plan(models, [32, 64], ["float32", "bfloat16"], ["jax", "torch"],
+                                 ["train_step", "inference"], ["native", "dense"], list(bench_grid.TORCH_VARIANTS))
+    first = plan[:8]
+    assert all((c.framework, c.task, c.precision) == ("jax", "train_step", "bfloat16") for c in first)
+    # native and dense side by side per (model, batch): a deadline never leaves a pair half done
+    assert [c.grouped_impl for c in first] == ["native", "dense"] * 4
+    assert [(c.model, c.batch) for c in first[::2]] == [(models[0], 32), (models[0], 64), (models[1], 32), (models[1], 64)]
+    assert all(c.variant == "compile" for c in plan[-8:])
+    assert len(plan) == len(set(plan))
+    # jax: train 2 precisions x 2 impls + inference 2 precisions; torch: 3 variants x 2 tasks; x 4 (model, batch)
+    assert len(plan) == (4 + 2 + 6) * 4
+    assert bench_grid.arch_of("50") == "unet_se_resnext50_32x4d"  # train.py's encoder aliases
+
+
+def _line(framework, impl, ips, **extra):
+    return {"device": "GPU X", "task": "train_step", "model": "unet_se_resnext50_32x4d", "framework": framework,
+            "variant": "jit", "precision": "bfloat16", "batch": 32, "grouped_impl": impl, "images_per_s": ips,
+            "date": "2026-01-01T00:00:00", "flops_per_image": 2e11, "tflops": 2e11 * (ips or 0) / 1e12,
+            "frac_of_peak": 0.1, "peak_mem_gib": 3.0, **extra}
 
 
 def test_recommendation_and_table_use_the_newest_line_per_configuration():
-    records = [_record("jax", "native", 100.0), _record("jax", "dense", 300.0), _record("jax", "native", 400.0)]
-    line = bench.recommendation(records, "GPU X")
-    assert "'native'" in line and "1/1" in line and "x1.33" in line
-    table = bench.render_table(records + [_record("torch", None, None, error="RuntimeError: boom", variant="compile")])
+    lines = [_line("jax", "native", 100.0), _line("jax", "dense", 300.0), _line("jax", "native", 400.0)]
+    text = bench_grid.recommendation(lines, "GPU X")
+    assert "'native'" in text and "1/1" in text and "x1.33" in text
+    table = bench_grid.render_table(lines + [_line("torch", None, None, error="RuntimeError: boom", variant="compile")])
     rows = [r for r in table.splitlines() if r.startswith("| GPU X")]
     assert len(rows) == 3  # native twice -> newest only; dense; the failed torch row
     assert any("| 400.0 |" in r and "| 80.0 |" in r for r in rows)  # images/s and ms/step = 32 / 400 s
@@ -75,16 +115,31 @@ def test_fold_record_names_the_encoder_initialisation(tmp_path):
     for pretrained, expected in ((None, "random"), (str(imagenet), "imagenet: /hub/se.pth")):
         workdir = tmp_path / f"run-{expected[:6]}"
         workdir.mkdir()
-        (workdir / "config.json").write_text(json.dumps({"pretrained": pretrained}))
+        (workdir / "config.json").write_text(json.dumps({"pretrained": pretrained, "batch_size": 10}))
         (workdir / "metrics.jsonl").write_text(json.dumps({"val_map": 0.5, "images_per_s": 10.0}) + "\n")
-        record = bench.fold_record(workdir, "50", 0, wall_s=60.0, slices=1)
-        assert record["encoder_init"] == expected
-        assert f"| {expected} |" in bench.render_table([record])
+        line = bench_grid.fold_record(workdir, "50", 0, wall_s=60.0, slices=1)
+        assert line["encoder_init"] == expected and line["batch"] == 10 and line["images_per_s"] == 10.0
+        assert f"| {expected} |" in bench_grid.render_table([line])
 
 
-def _run_bench(tmp_path: Path, *args: str) -> list[dict]:
+def test_the_timed_train_step_trains():
+    """programs.jax_train_step (training's own step, built by loop.build_steps): repeated on one
+    batch, the loss falls and the step counter counts the calls (the donated state is carried)."""
+    import programs
+
+    images, masks = programs.synthetic_batch(4)
+    program = programs.jax_train_step(programs.jax_model("tiny"), images, masks, augment=False)
+    losses = []
+    for _ in range(6):
+        program.blocking()
+        losses.append(float(program.last["out"]["loss"]))
+    assert int(program.last["state"]["step"]) == 6
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+
+
+def _run_grid(tmp_path: Path, *args: str) -> list[dict]:
     results = tmp_path / "results.jsonl"
-    cmd = [sys.executable, "-m", "salt_jax.bench", "--cpu", "--models", "tiny", "--batches", "2",
+    cmd = [sys.executable, "benchmarks/bench_grid.py", "--cpu", "--models", "tiny", "--batches", "2",
            "--warmup", "1", "--windows", "1", "--iters", "1", "--matmul-n", "128",
            "--results", str(results), "--out", str(tmp_path / "out"), *args]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=550)
@@ -102,17 +157,17 @@ def test_cli_writes_well_formed_lines_for_the_tiny_model_in_jax_and_torch(tmp_pa
         cadene_senet()
     except ReferenceUnavailable as err:
         pytest.skip(f"torch UNet needs Cadene's senet.py: {err}")
-    records = _run_bench(tmp_path, "--tasks", "inference", "--grouped-impls", "native")
-    peak, *rows = records
+    lines = _run_grid(tmp_path, "--tasks", "inference", "--grouped-impls", "native")
+    peak, *rows = lines
     assert peak["task"] == "matmul_peak" and peak["tflops"] > 0
     assert [(r["framework"], r["variant"]) for r in rows] == [("jax", "jit"), ("torch", "eager")]
     for r in rows:
         assert r.get("error") is None, r.get("error")
-        assert (r["task"], r["model"], r["precision"], r["batch"]) == ("inference", "tiny", "f32", 2)
+        assert (r["task"], r["model"], r["precision"], r["batch"]) == ("inference", "unet_tiny", "float32", 2)
         assert r["device"] == peak["device"] and r["device"].startswith("CPU")
-        assert r["images_per_s"] > 0 and r["flops_per_image"] > 1e6
+        assert r["images_per_s"] == pytest.approx(2e3 / r["ms"]) and r["flops_per_image"] > 1e6
         assert r["tflops"] == pytest.approx(r["flops_per_image"] * r["images_per_s"] / 1e12)
-        assert r["versions"]["jax"] and r["date"]
+        assert r["versions"]["jax"] and r["date"] and len(r["loadavg"]) == 3
     # The same model and task: both frameworks count the same convolutions, within 20%
     # (XLA also counts elementwise work; torch's counter only matmuls and convolutions).
     jax_flops, torch_flops = rows[0]["flops_per_image"], rows[1]["flops_per_image"]

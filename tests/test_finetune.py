@@ -50,7 +50,7 @@ def test_config_is_the_originals_stage_on_the_sources_fold(source):
     assert cfg.folds_csv == str(source.workdir / "folds.csv")  # the folds the run used, not its input file
     # torch_training/finetune.py: Lovasz only, Adam(lr=1e-6, weight_decay=1e-4), batch 12, 75 epochs,
     # ReduceLROnPlateau(patience=10, factor=0.5, mode="max").
-    recipe = (cfg.switch_epoch, cfg.lr, cfg.resolved_weight_decay(), cfg.batch_size, cfg.epochs)
+    recipe = (cfg.switch_epoch, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.epochs)
     assert recipe == (0, 1e-6, 1e-4, 12, 75)
     assert (cfg.recipe, cfg.plateau_patience, cfg.plateau_factor) == ("original", 10, 0.5)
     assert cfg.workdir == f"{source.workdir}-finetune" and cfg.finetune_from == str(source.workdir)

@@ -135,7 +135,7 @@ PARALLEL_SCRIPT = textwrap.dedent("""
     from salt_jax.training import TrainConfig, run
     data_dir, workdir, out, distributed = sys.argv[1:5]
     cfg = TrainConfig(encoder="tiny", data_dir=data_dir, workdir=workdir, epochs=1, switch_epoch=1,
-                      batch_size=8, lr=1e-3, dtype="float32", progress=False, recipe="cosine",
+                      batch_size=8, lr=1e-3, min_lr=1e-3, dtype="float32", progress=False, recipe="cosine",
                       distributed=distributed == "1")
     result = run(cfg)
     assert len(jax.devices()) == 2, jax.devices()
@@ -153,11 +153,12 @@ def _env(tmp_path, **extra) -> dict:
 def one_device_params(data_dir, tmp_path_factory):
     """The reference: the same global batches on this process's single CPU device.
 
-    SGD (the cosine recipe, lr constant at 1e-3 here) keeps the comparisons tight: Adam's first
+    SGD (the cosine recipe, lr constant at 1e-3 here: min_lr = lr) keeps the comparisons tight: Adam's first
     steps are ~lr * sign(grad), which turns reduction-order noise on near-zero gradients into
     differences of up to 2 * lr per step (measured 6e-3 after 4 steps), proving nothing.
     """
-    return params_of(run(tiny(data_dir, tmp_path_factory.mktemp("one") / "w", epochs=1, recipe="cosine")))
+    return params_of(run(tiny(data_dir, tmp_path_factory.mktemp("one") / "w", epochs=1, recipe="cosine",
+                                min_lr=1e-3)))
 
 
 def _initial_params() -> list[np.ndarray]:

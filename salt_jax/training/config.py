@@ -1,9 +1,13 @@
 """TrainConfig: the typed configuration behind `python train.py`, and its command line.
 
-`parse_args(argv)` turns flags into a validated, fully resolved `TrainConfig` (encoder aliases
-expanded, workdir and dtype filled in). Everything the training loop reads comes from here, and
-the config is written to WORKDIR/config.json so a run can be identified (and refused when a
-re-run in the same workdir would mix two different experiments).
+The dataclass holds every default; the parser adds one flag per field and no defaults of its own
+(a flag not typed is absent from the parsed namespace), so `parse_args(argv)` builds
+`TrainConfig(**typed flags)` or a preset (`--demo`, `--finetune_from`) overridden by the typed
+flags, then validates it: bad values and invalid combinations are one line and exit status 2.
+Abbreviated flags are refused (`--epo=5` is not `--epochs=5`), so a script's flags keep their
+meaning when a flag is added. Everything the training loop reads comes from here, and the config
+is written to WORKDIR/config.json so a run can be identified (and refused when a re-run in the
+same workdir would mix two different experiments).
 """
 
 from __future__ import annotations
@@ -11,13 +15,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from typing import Sequence
 
 from salt_jax.data.folds import FOLD_RULES
 from salt_jax.models import presets
 
 RECIPES = ("original", "cosine")
+# The lr and coupled L2 of each recipe when not given (lr=None / weight_decay=None).
+RECIPE_DEFAULTS = {"original": {"lr": 1e-4, "weight_decay": 1e-4}, "cosine": {"lr": 0.01, "weight_decay": 2e-4}}
 DTYPES = ("float32", "bfloat16")
 N_FOLDS = 5
 
@@ -25,11 +30,16 @@ N_FOLDS = 5
 # mix two runs, so the loop refuses. (epochs may grow on resume; lr/patience only steer it.)
 IDENTITY_FIELDS = ("encoder", "fold", "seed", "recipe", "batch_size", "switch_epoch", "cycle_epochs",
                    "symmetric_lovasz", "augment", "finetune_from", "fold_rule", "original_dice")
+# Fields that config.json files of older versions hold and TrainConfig no longer has.
+RETIRED_FIELDS = ("demo",)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """One training run. See `build_parser` for what each field means."""
+    """One training run; the defaults are the original's recipe. `build_parser` says what each field means.
+
+    lr and weight_decay left None take the recipe's (RECIPE_DEFAULTS) when the config is made.
+    """
 
     encoder: str = "se_resnext50_32x4d"
     fold: int = 0
@@ -38,7 +48,7 @@ class TrainConfig:
     epochs: int = 120
     switch_epoch: int = 20
     batch_size: int = 10
-    lr: float = 1e-4
+    lr: float | None = None  # None: the recipe's (1e-4 original, 0.01 cosine)
     weight_decay: float | None = None  # None: the recipe's (1e-4 original, 2e-4 cosine)
     pretrained: str | None = None
     finetune_from: str | None = None  # a run or model directory (salt_jax.training.finetune)
@@ -54,19 +64,18 @@ class TrainConfig:
     original_dice: bool = False
     plateau_patience: int = 10
     plateau_factor: float = 0.5
-    demo: bool = False
     distributed: bool = False
     progress: bool = True
+
+    def __post_init__(self):
+        for name, value in RECIPE_DEFAULTS.get(self.recipe, {}).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)  # frozen: set once, while being made
 
     @property
     def arch(self) -> str:
         """The saved-model architecture name of this run's network (salt_jax.models.archs)."""
         return f"unet_{self.encoder}"
-
-    def resolved_weight_decay(self) -> float:
-        if self.weight_decay is not None:
-            return self.weight_decay
-        return 2e-4 if self.recipe == "cosine" else 1e-4
 
     def identity(self) -> dict:
         """The fields a resumed run must share with the run that wrote the workdir."""
@@ -90,18 +99,26 @@ class TrainConfig:
             problems.append(f"seed={self.seed}: expected >= 0")
         if self.batch_size < 1:
             problems.append(f"batch_size={self.batch_size}: expected >= 1")
-        if not self.lr > 0:
+        if self.lr is None or not self.lr > 0:  # None: an unknown recipe left it unresolved
             problems.append(f"lr={self.lr}: expected > 0")
+        if self.weight_decay is None or not self.weight_decay >= 0:
+            problems.append(f"weight_decay={self.weight_decay}: expected >= 0")
         if self.fold_rule not in FOLD_RULES:
             problems.append(f"fold_rule={self.fold_rule!r}: expected one of {FOLD_RULES}")
         if self.recipe not in RECIPES:
             problems.append(f"recipe={self.recipe!r}: expected one of {RECIPES}")
-        if self.recipe == "cosine" and not self.min_lr <= self.lr:  # it would anneal upwards
-            problems.append(f"min_lr={self.min_lr} is above lr={self.lr}: the cosine recipe anneals lr -> min_lr")
         if self.cycle_epochs < 1:
             problems.append(f"cycle_epochs={self.cycle_epochs}: expected >= 1")
+        if not self.min_lr >= 0:
+            problems.append(f"min_lr={self.min_lr}: expected >= 0")
+        if self.recipe == "cosine" and self.lr is not None and self.lr < self.min_lr:
+            # Each cycle would anneal from lr *up* to min_lr: never what a cosine schedule means.
+            problems.append(f"lr={self.lr} is below min_lr={self.min_lr}: a cosine cycle would raise the lr; "
+                            f"give an lr >= min_lr (or lower --min_lr)")
         if self.dtype is not None and self.dtype not in DTYPES:
             problems.append(f"dtype={self.dtype!r}: expected one of {DTYPES}")
+        if self.plateau_patience < 0:
+            problems.append(f"plateau_patience={self.plateau_patience}: expected >= 0")
         if not 0 < self.plateau_factor < 1:
             problems.append(f"plateau_factor={self.plateau_factor}: expected in (0, 1)")
         if problems:
@@ -115,21 +132,25 @@ def default_workdir(encoder: str, fold: int, data_dir: str | None) -> str:
     return f"runs/{'' if data_dir else 'synthetic-'}{encoder}-fold{fold}"
 
 
+# `--demo`: two demo-only departures from the original's recipe, both measured on the synthetic
+# set (docs/RESULTS.md): the lr halves after every epoch without a better val_map (plateau
+# patience 0 instead of 10), because at a constant lr the from-scratch model's eval-mode
+# predictions swing from epoch to epoch; and the Lovasz round is the last epoch only (switch_epoch
+# = epochs - 1 unless given), because the hinge needs a model that already segments.
+DEMO_PRESET = dict(encoder="tiny", epochs=6, batch_size=9, lr=1e-3, dtype="float32", workdir="runs/demo",
+                   plateau_patience=0)
+
+
 def demo_config(**overrides) -> TrainConfig:
     """`--demo`: tiny encoder on the synthetic set, sized for a few minutes of a 2-core CPU.
 
     6 epochs over the 378 training images of fold 0 (~50 s an epoch at ~7.5 images/s on a quiet
-    2-core CPU), batch 9 (it divides 378, so no partial batch costs a second compilation), Adam lr 1e-3. Two demo-only departures from the original's recipe, both
-    measured on this set (docs/RESULTS.md): the lr halves after every epoch without a better
-    val_map (plateau patience 0 instead of 10), because at a constant lr the from-scratch model's
-    eval-mode predictions swing from epoch to epoch; and the Lovasz round is the last epoch only,
-    because the hinge needs a model that already segments.
+    2-core CPU), batch 9 (it divides 378, so no partial batch costs a second compilation), Adam
+    lr 1e-3, and the departures of DEMO_PRESET. `overrides` (typed flags) win.
     """
-    base = dict(encoder="tiny", epochs=6, batch_size=9, lr=1e-3, dtype="float32", workdir="runs/demo",
-                plateau_patience=0, demo=True)
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    base.setdefault("switch_epoch", base["epochs"] - 1)  # Lovasz on the last epoch
-    return TrainConfig(**base)
+    fields = {**DEMO_PRESET, **overrides}
+    fields.setdefault("switch_epoch", fields["epochs"] - 1)  # Lovasz on the last epoch
+    return TrainConfig(**fields)
 
 
 def _encoder(value: str) -> str:
@@ -153,14 +174,17 @@ def _int_in(lo: int, hi: int | None):
     return parse
 
 
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"{value} must be > 0")
-    return number
+def _float_above(lo: float, *, inclusive: bool = False):
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if not (number >= lo if inclusive else number > lo):
+            raise argparse.ArgumentTypeError(f"{value} must be {'>=' if inclusive else '>'} {lo:g}")
+        return number
+
+    return parse
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -170,126 +194,119 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def _field_flag(p: argparse.ArgumentParser, name: str, help: str, *, flag: str | None = None, **kwargs) -> None:
+    """`--name` for TrainConfig.`name`: no parser default (an untyped flag stays out of the
+    namespace); the help shows the dataclass default unless `help` already says it or the flag
+    is a switch."""
+    if "default" not in help and "action" not in kwargs:
+        help = f"{help} (default: {_DEFAULTS[name]})"
+    p.add_argument(flag or f"--{name}", dest=name, default=argparse.SUPPRESS, help=help, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(
         prog="train.py",
         description="Train the salt UNet on one fold (data-parallel over every local device).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
-    p.add_argument("--encoder", type=_encoder, default="se_resnext50_32x4d",
-                   help="an architecture preset (salt_jax/models/presets.py): " + " | ".join(presets.choices()))
-    p.add_argument("--fold", type=_int_in(0, N_FOLDS - 1), default=0, help="validation fold 0..4")
-    p.add_argument("--data_dir", default=None,
-                   help="Kaggle-layout folder (train.csv, train/images, train/masks, depths.csv); "
-                        "default: the built-in synthetic set, generated on first use")
-    p.add_argument("--workdir", default=None,
-                   help="where checkpoints, metrics.jsonl, config.json, best/ go; default runs/<encoder>-fold<k> "
-                        "(runs/synthetic-<encoder>-fold<k> without --data_dir). "
-                        "Re-running the same command resumes from the latest checkpoint there")
-    p.add_argument("--epochs", type=_int_in(1, None), default=120, help="total epochs (both loss rounds)")
-    p.add_argument("--switch_epoch", type=_int_in(0, None), default=20,
-                   help="first epoch with the Lovasz loss (BCE+dice before); Adam moments reset there")
-    p.add_argument("--batch_size", type=_int_in(1, None), default=10,
-                   help="GLOBAL batch, split over all devices (sync BatchNorm sees the whole global batch); the "
-                        "last partial batch of an epoch is kept, as in the original. A batch that does not "
-                        "divide over the devices is padded and the padding masked out of the loss and "
-                        "BatchNorm (wasted compute: on many devices prefer a multiple of their count)")
-    p.add_argument("--lr", type=_positive_float, default=None,
-                   help="initial learning rate (default 1e-4 for --recipe=original, 0.01 for cosine)")
-    p.add_argument("--weight_decay", type=float, default=None,
-                   help="coupled L2 added to the gradient (default 1e-4 original, 2e-4 cosine)")
-    p.add_argument("--pretrained", default=None,
-                   help="converted ImageNet SE-ResNeXt checkpoint dir (convert/torch_to_flax.py); "
-                        "without it the encoder starts from random weights")
-    p.add_argument("--finetune_from", default=None, metavar="DIR",
-                   help="the original's fine-tuning stage from a run's best model (a run directory: its fold and "
-                        "folds.csv are reused) or from a converted model (with --fold): Lovasz only, Adam lr 1e-6, "
-                        "batch 12, 75 epochs, fresh plateau; best/ only when the starting val_map is beaten. "
-                        "Default workdir DIR-finetune; other flags given explicitly still apply")
-    p.add_argument("--dtype", choices=DTYPES, default=None,
-                   help="compute dtype (parameters stay float32); default bfloat16 on GPU/TPU, float32 on CPU")
-    p.add_argument("--seed", type=_int_in(0, None), default=0, help="initialisation, shuffling and augmentation seed")
-    p.add_argument("--folds_csv", default=None,
-                   help="your own folds (columns id,fold; fold -1 = unused); default: --fold_rule's split")
-    p.add_argument("--fold_rule", choices=FOLD_RULES, default="original",
-                   help="original: ids with 1-9 salt pixels are left out, the rest split into the original's "
-                        "stratified 5 folds; validate_tiny: every id is split and the tiny masks are validated "
-                        "on (never trained on): other folds than the original's")
-    p.add_argument("--recipe", choices=RECIPES, default="original",
-                   help="original: Adam + reduce-on-plateau; cosine: SGD momentum 0.9, cosine cycles "
-                        "lr -> 0.001 with a snapshot per cycle (the top solutions' recipe)")
-    p.add_argument("--cycle_epochs", type=_int_in(1, None), default=50, help="cosine recipe: epochs per cycle")
-    p.add_argument("--symmetric_lovasz", action="store_true",
-                   help="use (L(x,y) + L(-x,1-y))/2 as the Lovasz loss")
-    p.add_argument("--no_augment", action="store_true",
-                   help="train without the augmentation chain (the original always augments): to debug a run, "
-                        "or to check a training step against another implementation")
-    p.add_argument("--original_dice", action="store_true",
-                   help="the original's dice, which applies the sigmoid twice (its seg_loss passes "
-                        "probabilities to a dice that applies sigmoid again); default: the correct dice")
-    p.add_argument("--plateau_patience", type=_int_in(0, None), default=10,
-                   help="original recipe: epochs without val_map gain before halving the lr")
-    p.add_argument("--distributed", action="store_true",
-                   help="multi-process run: call jax.distributed.initialize() (coordinator from the "
-                        "environment, e.g. JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar (logs only)")
+    _field_flag(p, "encoder", "an architecture preset (salt_jax/models/presets.py): " + " | ".join(presets.choices()),
+                type=_encoder)
+    _field_flag(p, "fold", f"validation fold 0..{N_FOLDS - 1}", type=_int_in(0, N_FOLDS - 1))
+    _field_flag(p, "data_dir", "Kaggle-layout folder (train.csv, train/images, train/masks, depths.csv); "
+                               "default: the built-in synthetic set, generated on first use")
+    _field_flag(p, "workdir", "where checkpoints, metrics.jsonl, config.json, best/ go; default runs/<encoder>-fold<k> "
+                              "(runs/synthetic-<encoder>-fold<k> without --data_dir). "
+                              "Re-running the same command resumes from the latest checkpoint there")
+    _field_flag(p, "epochs", "total epochs (both loss rounds)", type=_int_in(1, None))
+    _field_flag(p, "switch_epoch", "first epoch with the Lovasz loss (BCE+dice before); Adam moments reset there",
+                type=_int_in(0, None))
+    _field_flag(p, "batch_size", "GLOBAL batch, split over all devices (sync BatchNorm sees the whole global batch); the "
+                                 "last partial batch of an epoch is kept, as in the original. A batch that does not "
+                                 "divide over the devices is padded and the padding masked out of the loss and "
+                                 "BatchNorm (wasted compute: on many devices prefer a multiple of their count)",
+                type=_int_in(1, None))
+    by_recipe = {name: ", ".join(f"{v[name]:g} {r}" for r, v in RECIPE_DEFAULTS.items()) for name in ("lr", "weight_decay")}
+    _field_flag(p, "lr", f"initial learning rate (default by --recipe: {by_recipe['lr']})",
+                type=_float_above(0))
+    _field_flag(p, "weight_decay", f"coupled L2 added to the gradient (default by --recipe: {by_recipe['weight_decay']})",
+                type=_float_above(0, inclusive=True))
+    _field_flag(p, "pretrained", "converted ImageNet SE-ResNeXt checkpoint dir (convert/torch_to_flax.py); "
+                                 "without it the encoder starts from random weights (default: none)")
+    _field_flag(p, "finetune_from", "the original's fine-tuning stage from a run's best model (a run directory: its "
+                                    "fold and folds.csv are reused) or from a converted model (with --fold): Lovasz "
+                                    "only, Adam lr 1e-6, batch 12, 75 epochs, fresh plateau; best/ only when the "
+                                    "starting val_map is beaten. Default workdir DIR-finetune; other flags given "
+                                    "explicitly still apply (default: none)", metavar="DIR")
+    _field_flag(p, "dtype", "compute dtype (parameters stay float32); default bfloat16 on GPU/TPU, float32 on CPU",
+                choices=DTYPES)
+    _field_flag(p, "seed", "initialisation, shuffling and augmentation seed", type=_int_in(0, None))
+    _field_flag(p, "folds_csv", "your own folds (columns id,fold; fold -1 = unused); default: --fold_rule's split")
+    _field_flag(p, "fold_rule", "original: ids with 1-9 salt pixels are left out, the rest split into the original's "
+                                "stratified 5 folds; validate_tiny: every id is split and the tiny masks are "
+                                "validated on (never trained on): other folds than the original's",
+                choices=FOLD_RULES)
+    _field_flag(p, "recipe", "original: Adam + reduce-on-plateau; cosine: SGD momentum 0.9, cosine cycles "
+                             "lr -> --min_lr with a snapshot per cycle (the top solutions' recipe)", choices=RECIPES)
+    _field_flag(p, "cycle_epochs", "cosine recipe: epochs per cycle", type=_int_in(1, None))
+    _field_flag(p, "min_lr", "cosine recipe: the lr each cycle anneals to (at most --lr)",
+                type=_float_above(0, inclusive=True))
+    _field_flag(p, "symmetric_lovasz", "use (L(x,y) + L(-x,1-y))/2 as the Lovasz loss", action="store_true")
+    _field_flag(p, "augment", "train without the augmentation chain (the original always augments): to debug a run, "
+                              "or to check a training step against another implementation",
+                flag="--no_augment", action="store_false")
+    _field_flag(p, "original_dice", "the original's dice, which applies the sigmoid twice (its seg_loss passes "
+                                    "probabilities to a dice that applies sigmoid again); default: the correct dice",
+                action="store_true")
+    _field_flag(p, "plateau_patience", "original recipe: epochs without val_map gain before the lr is cut",
+                type=_int_in(0, None))
+    _field_flag(p, "plateau_factor", "original recipe: the lr is multiplied by this on a plateau (0 < f < 1)",
+                type=_float_above(0))
+    _field_flag(p, "distributed", "multi-process run: call jax.distributed.initialize() (coordinator from the "
+                                  "environment, e.g. JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID)",
+                action="store_true")
+    _field_flag(p, "progress", "no progress bar (logs only)", flag="--no_progress", action="store_false")
     p.add_argument("--demo", action="store_true",
-                   help="tiny encoder, synthetic data, 6 epochs of batch 8 with the lr halved after every epoch "
-                        "without gain and Lovasz on the last: a few minutes on a CPU; other flags given "
-                        "explicitly still apply")
+                   help=f"tiny encoder, synthetic data, {DEMO_PRESET['epochs']} epochs of batch "
+                        f"{DEMO_PRESET['batch_size']} with the lr halved after every epoch without gain and Lovasz "
+                        f"on the last: a few minutes on a CPU; other flags given explicitly still apply")
     return p
 
 
-# Flags that switch a TrainConfig field off: argparse dest -> field (so --demo keeps them too).
-_NEGATED = {"no_augment": "augment", "no_progress": "progress"}
-
-
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    """Flags -> validated TrainConfig. Exits with a usage message on bad values (argparse)."""
+    """Flags -> validated TrainConfig. Bad values or combinations: one line on stderr, exit 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    explicit = {_NEGATED.get(a.dest, a.dest) for a in parser._actions if a.option_strings and _given(a, argv)}
-    fields = dict(
-        encoder=args.encoder, fold=args.fold, data_dir=args.data_dir, workdir=args.workdir,
-        epochs=args.epochs, switch_epoch=args.switch_epoch, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, pretrained=args.pretrained, dtype=args.dtype, seed=args.seed,
-        folds_csv=args.folds_csv, fold_rule=args.fold_rule, recipe=args.recipe, cycle_epochs=args.cycle_epochs,
-        symmetric_lovasz=args.symmetric_lovasz, original_dice=args.original_dice, augment=not args.no_augment,
-        plateau_patience=args.plateau_patience,
-        distributed=args.distributed, progress=not args.no_progress,
-    )
-    if args.finetune_from:
-        from salt_jax.training.finetune import finetune_config
-
-        if args.demo:
-            parser.error("--demo and --finetune_from exclude each other")
-        try:
-            cfg = finetune_config(args.finetune_from, **{k: v for k, v in fields.items() if k in explicit})
-        except ValueError as err:
-            parser.error(str(err))
-    elif args.demo:
-        cfg = demo_config(**{k: v for k, v in fields.items() if k in explicit})
-    else:
-        if fields["lr"] is None:
-            fields["lr"] = 0.01 if args.recipe == "cosine" else 1e-4
-        cfg = TrainConfig(**fields)
-    if cfg.workdir is None:
-        cfg = dataclasses.replace(cfg, workdir=default_workdir(cfg.encoder, cfg.fold, cfg.data_dir))
+    given = vars(parser.parse_args(argv))  # only the flags typed (no parser defaults)
+    demo = given.pop("demo")
     try:
+        if given.get("finetune_from"):
+            from salt_jax.training.finetune import finetune_config
+
+            if demo:
+                raise ValueError("--demo and --finetune_from exclude each other")
+            cfg = finetune_config(given.pop("finetune_from"), **given)
+        elif demo:
+            cfg = demo_config(**given)
+        else:
+            cfg = TrainConfig(**given)
+        if cfg.workdir is None:
+            cfg = dataclasses.replace(cfg, workdir=default_workdir(cfg.encoder, cfg.fold, cfg.data_dir))
         return cfg.validate()
     except ValueError as err:
         parser.error(str(err))
 
 
-def _given(action: argparse.Action, argv: Sequence[str] | None) -> bool:
-    """Whether a flag was typed on the command line (so --demo does not override it)."""
-    tokens = sys.argv[1:] if argv is None else list(argv)
-    return any(t == opt or t.startswith(opt + "=") for t in tokens for opt in action.option_strings)
-
-
 def load_config_json(text: str) -> TrainConfig:
-    """Inverse of TrainConfig.to_json (unknown keys are an error naming them)."""
+    """Inverse of TrainConfig.to_json (unknown keys are an error naming them).
+
+    Tolerates the fields that older versions wrote and that no longer exist ("demo": the demo is
+    a preset of values, which the file holds anyway), so their workdirs still resume.
+    """
     data = json.loads(text)
+    for retired in RETIRED_FIELDS:
+        data.pop(retired, None)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -95,9 +95,7 @@ def run(cfg: TrainConfig) -> RunResult:
     _check_batch(cfg, len(data.train_images))
     _claim_workdir(workdir, cfg, _inputs(cfg, split), split)  # the first write
     log = _Logger(workdir, progress=cfg.progress)
-    loss = LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz, cfg.original_dice)
-    trainer = Trainer(_build_model(cfg, pretrained), make_optimizer(cfg.recipe, cfg.resolved_weight_decay(), cfg.lr),
-                      mesh, seed=cfg.seed, loss=loss, augment=cfg.augment)
+    trainer = build_trainer(cfg, _build_model(cfg, pretrained), mesh)
     arrays = {k: replicate(v, trainer.replicated) for k, v in dataclasses.asdict(data).items() if k != "val_ids"}
 
     ckpt = Checkpoints(workdir / "checkpoints")
@@ -167,6 +165,13 @@ def run(cfg: TrainConfig) -> RunResult:
     compiles = {"train_step": trainer.train_step._cache_size(), "eval_step": trainer.eval_step._cache_size()}
     return RunResult(workdir, progress["history"], progress["best_val_map"], state, compiles, empty_val_map,
                      progress.get("start_val_map"))
+
+
+def build_trainer(cfg: TrainConfig, model: nnx.Module, mesh) -> Trainer:
+    """The Trainer (jitted train and eval steps) of `cfg` for `model`: what a run trains with, and
+    what benchmarks/bench_grid.py times."""
+    return Trainer(model, make_optimizer(cfg.recipe, cfg.weight_decay, cfg.lr), mesh, seed=cfg.seed,
+                   loss=LossOptions(cfg.switch_epoch, cfg.symmetric_lovasz, cfg.original_dice), augment=cfg.augment)
 
 
 def all_empty_map(val_masks_128: np.ndarray) -> float:
@@ -457,7 +462,12 @@ def _starting_val_map(trainer: Trainer, state, arrays, cfg: TrainConfig) -> floa
 
 
 class _Logger:
-    """metrics.jsonl, TensorBoard (if tensorboardX is importable) and console lines; process 0 only."""
+    """metrics.jsonl, TensorBoard (if tensorboardX is importable) and console lines; process 0 only.
+
+    Kept in our hands rather than clu.metric_writers: metrics.jsonl must be rewritten to the
+    checkpoint's history on resume (a writer library only appends), clu's TensorBoard writer needs
+    TensorFlow (tensorboardX is a small optional extra), and what is left is five add_scalar calls.
+    """
 
     def __init__(self, workdir: pathlib.Path, *, progress: bool):
         self.primary = jax.process_index() == 0
@@ -483,9 +493,8 @@ class _Logger:
     def rewrite_metrics(self, history: list[dict]) -> None:
         """metrics.jsonl = the checkpoint's history (drops epochs after the checkpoint we resume from)."""
         if self.primary:
-            tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-            tmp.replace(self.metrics_path)
+            with atomic_write(self.metrics_path) as f:
+                f.write("".join(json.dumps(r) + "\n" for r in history))
 
     def epoch(self, record: dict) -> None:
         if not self.primary:
