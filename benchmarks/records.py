@@ -8,7 +8,7 @@ A line is one measurement (keys sorted; docs/BENCHMARKS.md, "The record schema")
     loadavg       the 1-, 5- and 15-minute load averages when the line was written (a shared
                   machine's figures are only as good as its load)
     task          what was timed: "train_step", "inference", "lovasz", "augment", "predict", ...
-    model         the architecture (models.io name, e.g. "unet_se_resnext50_32x4d"), or what
+    model         the architecture (salt_jax.models.archs name, e.g. "unet_se_resnext50_32x4d"), or what
                   stands for it ("grouped_conv_..."); None where no model is involved
     framework     "jax" | "torch"
     variant       how it ran within the framework ("jit", "eager", "amp_cl", a grouped-conv impl, ...)

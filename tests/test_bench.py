@@ -123,7 +123,7 @@ def test_fold_record_names_the_encoder_initialisation(tmp_path):
 
 
 def test_the_timed_train_step_trains():
-    """programs.jax_train_step (training's own step, built by loop.build_steps): repeated on one
+    """programs.jax_train_step (training's own step, built by loop.build_trainer): repeated on one
     batch, the loss falls and the step counter counts the calls (the donated state is carried)."""
     import programs
 
