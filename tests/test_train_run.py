@@ -70,7 +70,10 @@ def test_run_writes_outputs_and_switches_loss_without_recompiling(fresh3):
 
 def test_predict_eval_reproduces_the_best_val_map(fresh3, data_dir, capsys):
     """`predict --eval --tta=none` on a run scores its validation fold with its best model: the
-    same number the training loop recorded (same crop, threshold and metric)."""
+    same number the training loop recorded, as predict's docstring promises. Both take the crop
+    and scaling from data.geometry; what this checks is predict's choice of images (the run's
+    folds.csv and fold) and model (best/), and that its p > 0.5 with numpy's metric equals the
+    eval step's logits > 0 with the jitted metric."""
     from salt_jax import predict
 
     assert predict.main(["--runs", str(fresh3.workdir), "--data_dir", str(data_dir), "--eval", "--tta=none",
