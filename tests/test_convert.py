@@ -15,7 +15,7 @@ from flax import nnx
 
 from tests.torch_reference import require_torch_reference
 
-torch, reference = require_torch_reference()
+torch, reference = require_torch_reference()  # every test here needs torch (and Cadene's senet.py)
 
 from convert import torch_to_flax  # noqa: E402
 from convert.torch_to_flax import ConversionError, convert_state, read_state_dict  # noqa: E402

@@ -80,9 +80,34 @@ def test_coverage_types(pixels, expected):
     assert mask_type(first_k(pixels)) == expected
 
 
-def test_mask_types_vectorised_matches_single():
-    masks = np.stack([blank(), first_k(3000), np.ones((101, 101), np.uint8), first_k(9000)])
-    np.testing.assert_array_equal(mask_types(masks), [mask_type(m) for m in masks])
+def test_mask_types_of_a_stack_hand_worked():
+    """One vectorised call over masks of every rule: each gets the type worked out by hand,
+    whatever its neighbours (the batched reductions must not mix masks)."""
+    ring = blank()
+    ring[:10, 30:60] = 1  # 300 px, all in the top ring
+    band = blank()
+    band[:, 40:45] = 1  # 505 px, every row the same
+    masks = np.stack([
+        blank(),  # 0: no salt
+        first_k(3000),  # 29 rows + 71 px reach the interior; rows differ; 3000/10201 = 0.294 -> 5
+        np.ones((101, 101), np.uint8),  # 2: all rows identical (the ring rule fails: interior full)
+        ring,  # 1
+        first_k(9000),  # 9000/10201 = 0.882 -> 7
+        band,  # 2
+        first_k(7),  # 0: 7 px < 8
+        first_k(1200),  # 11 rows + 89 px: row 10 enters the interior; 0.118 -> 3
+    ])
+    np.testing.assert_array_equal(mask_types(masks), [0, 5, 2, 1, 7, 2, 0, 3])
+
+
+def test_mask_types_agree_with_the_originals_rule_one_mask_at_a_time():
+    """Against `_original_mask_type` (below): the original's rule transcribed as a per-mask loop
+    (a salt count compared with the count inside the 10-px frame, rows compared one by one), an
+    implementation independent of the vectorised one, over 300 masks of every type."""
+    masks = mixed_masks(300, seed=5)
+    expected = [_original_mask_type(m.astype(np.float64)) for m in masks]
+    assert set(expected) == set(range(8))  # every rule is exercised
+    np.testing.assert_array_equal(mask_types(masks), expected)
 
 
 def mixed_masks(n: int, seed: int = 0) -> np.ndarray:

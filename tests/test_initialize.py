@@ -1,9 +1,10 @@
 """Host-side initialisation draws what PyTorch's default initialisers draw, layer by layer.
 
-The reference is torch itself: each of our layers is compared with the PyTorch layer it stands
-for, built and re-initialised by torch (`reset_parameters`), through empirical statistics (the
-largest magnitude, which estimates the uniform bound, and the standard deviation), never with
-constants of the module under test.
+Two references, never constants of the module under test: torch itself, where it is installed
+(each of our layers against the PyTorch layer it stands for, built and re-initialised by torch's
+`reset_parameters`, through empirical statistics: the largest magnitude, which estimates the
+uniform bound, and the standard deviation); and, with or without torch, the bounds derived by
+hand below from PyTorch's source, for each layer's numbers. The other tests need only JAX.
 """
 
 import jax
@@ -15,7 +16,11 @@ from salt_jax.models.initialize import init_module
 from salt_jax.models.layers import BatchNorm, GroupedConv
 from salt_jax.models.unet import SaltUNet
 
-torch = pytest.importorskip("torch")
+try:
+    import torch
+except ImportError:  # the tests that compare with torch itself skip; the others need only JAX
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 pytestmark = pytest.mark.timeout(300)
 DRAWS = 100  # re-initialisations per layer: enough bias values (>= 1600) for the statistics
 
@@ -70,6 +75,43 @@ def _our_draws(make) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in draws.items()}
 
 
+# PyTorch's defaults by hand (torch/nn/modules/conv.py _ConvNd.reset_parameters and
+# linear.py Linear.reset_parameters): weight kaiming_uniform_(a=sqrt(5)), i.e. U(-b, b) with
+# b = gain * sqrt(3 / fan_in), gain = sqrt(2 / (1 + a^2)) = sqrt(1/3), so b = 1 / sqrt(fan_in);
+# bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)). fan_in (init._calculate_fan_in_and_fan_out) is
+# weight.size(1) * kh * kw: Conv2d's weight is (out, in/groups, kh, kw), ConvTranspose2d's is
+# (in, out/groups, kh, kw). For the layers of LAYERS:
+HAND_FAN_IN = {
+    "conv": 64 * 3 * 3,  # 576, b = 1/24
+    "linear": 300,
+    "conv_transpose": 16 * 4 * 4,  # out * k * k = 256, b = 1/16 (in * k * k would give 1/32)
+    "grouped": 64 // 8 * 3 * 3,  # 72 (ungrouped 576 would give a bound 3x smaller)
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LAYERS))
+def test_values_within_hand_derived_torch_bounds(kind):
+    """Every kernel and bias value lies in [-b, b], b = 1/sqrt(fan_in) as derived above, and fills
+    it: the largest of n >= 1600 draws of U(-b, b) falls below 0.98 b with probability
+    0.98^1600 < 1e-14; the standard deviation is b/sqrt(3) within 5% (relative standard error
+    0.45/sqrt(n) <= 1.1%, so > 4 sigma)."""
+    bound = 1 / np.sqrt(HAND_FAN_IN[kind])
+    for name, values in _our_draws(LAYERS[kind][0]).items():
+        assert values.size >= 1600, name
+        assert np.abs(values).max() <= bound * (1 + 1e-6), (name, np.abs(values).max(), bound)
+        assert np.abs(values).max() >= 0.98 * bound, (name, np.abs(values).max(), bound)
+        assert abs(values.std() / (bound / np.sqrt(3)) - 1) < 0.05, (name, values.std(), bound)
+
+
+def test_batchnorm_hand_defaults():
+    """torch/nn/modules/batchnorm.py (_NormBase.reset_parameters, reset_running_stats): weight 1,
+    bias 0, running_mean 0, running_var 1."""
+    ours = _flat(init_module(lambda rngs: BatchNorm(32), seed=1))
+    for name, value in {"scale": 1.0, "bias": 0.0, "mean": 0.0, "var": 1.0}.items():
+        np.testing.assert_array_equal(ours[(name,)], np.full(32, value, np.float32), err_msg=name)
+
+
+@needs_torch
 @pytest.mark.parametrize("kind", sorted(LAYERS))
 def test_values_follow_torch_defaults(kind):
     ours_make, torch_make = LAYERS[kind]
@@ -87,6 +129,7 @@ def test_values_follow_torch_defaults(kind):
         assert abs(mine.mean()) < 4 * theirs.std() / np.sqrt(mine.size), name
 
 
+@needs_torch
 def test_batchnorm_matches_torch():
     bn = torch.nn.BatchNorm2d(32)
     ours = _flat(init_module(lambda rngs: BatchNorm(32), seed=1))
@@ -95,6 +138,29 @@ def test_batchnorm_matches_torch():
         np.testing.assert_array_equal(ours[(name,)], value.detach().numpy(), err_msg=name)
 
 
+def test_unet_layers_outside_the_encoder_within_hand_derived_bounds():
+    """The tiny UNet as training and loading build it (init_module): each decoder/center/head
+    layer's kernel and bias lie in [-b, b], b = 1/sqrt(fan_in) of the PyTorch layer it stands for
+    (derived above), and the kernel reaches 0.9 b (a fan_in too small by sqrt(2) would not)."""
+    model = init_module(_make_unet, seed=0)
+    c4, center, mid5, out = 256, 32, 32, 8  # tiny encoder stage 4, the tiny preset's UNetConfig
+    fan_in = {
+        "center1.conv": (model.center1.conv, c4 * 3 * 3),  # Conv2d(c4, center, 3)
+        "dec5.deconv": (model.dec5.deconv, out * 4 * 4),  # ConvTranspose2d(mid5, out, 4): out * k * k
+        "scse5.cse.fc1": (model.scse5.cse.fc1, out),  # Linear(out, out // 2)
+        "classifier": (model.classifier, center * 4 * 4),  # Conv2d(center, 1, 4)
+        "final": (model.final, 5 * out + center),  # Conv2d(5 * out + center, 1, 1)
+    }
+    assert model.dec5.deconv.in_features == mid5  # in != out: the transposed fan_in rule matters
+    for where, (layer, n) in fan_in.items():
+        bound = 1 / np.sqrt(n)
+        kernel, bias = np.abs(np.asarray(layer.kernel[...])), np.abs(np.asarray(layer.bias[...]))
+        assert kernel.max() <= bound * (1 + 1e-6) and bias.max() <= bound * (1 + 1e-6), where
+        assert kernel.max() >= 0.9 * bound, where
+        assert np.all(bias != 0), where  # torch's biases are drawn, not zero
+
+
+@needs_torch
 def test_unet_layers_outside_the_encoder_get_torch_defaults():
     """The path training and loading (archs.build) use: each decoder/center/head layer of the tiny
     UNet lies in the bound of the torch layer of the same shape (largest magnitude over 200 torch

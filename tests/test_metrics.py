@@ -90,9 +90,10 @@ def test_accepts_channel_axis_and_numeric_masks():
     rng = np.random.default_rng(1)
     truth = (rng.random((8, 101, 101)) < 0.3).astype(np.float32)
     pred = (rng.random((8, 101, 101)) < 0.3).astype(np.uint8)
-    flat = metrics.kaggle_score_np(truth, pred)
-    np.testing.assert_array_equal(metrics.kaggle_score_np(truth[..., None], pred[..., None]), flat)
-    np.testing.assert_array_equal(np.asarray(kaggle_score(truth[..., None], pred[..., None])), flat)
+    expected = np.array(fraction_reference(truth, pred), np.float32)
+    for t, p in ((truth, pred), (truth[..., None], pred[..., None])):
+        np.testing.assert_array_equal(metrics.kaggle_score_np(t, p), expected)
+        np.testing.assert_array_equal(np.asarray(kaggle_score(t, p)), expected)
 
 
 def test_rejects_mismatched_shapes():

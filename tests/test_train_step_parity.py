@@ -20,7 +20,7 @@ from flax import nnx
 
 from tests.torch_reference import require_torch_reference
 
-torch, reference = require_torch_reference()
+torch, reference = require_torch_reference()  # every test here needs torch (and Cadene's senet.py)
 F = torch.nn.functional
 
 from convert.torch_to_flax import convert_state  # noqa: E402
