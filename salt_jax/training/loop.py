@@ -96,6 +96,7 @@ def run(cfg: TrainConfig) -> RunResult:
     _claim_workdir(workdir, cfg, _inputs(cfg, split), split)  # the first write
     log = _Logger(workdir, progress=cfg.progress)
     trainer = build_trainer(cfg, _build_model(cfg, pretrained), mesh)
+    loss = trainer.loss
     arrays = {k: replicate(v, trainer.replicated) for k, v in dataclasses.asdict(data).items() if k != "val_ids"}
 
     ckpt = Checkpoints(workdir / "checkpoints")
