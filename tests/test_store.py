@@ -84,6 +84,9 @@ def test_a_training_workdir_stands_for_its_best_model(tmp_path):
     store.save(run / "best", random_model(2), arch=ARCH, model_kwargs=KWARGS)
     (run / "metrics.jsonl").write_text("{}\n")
     assert model_dir(run) == run / "best" and model_dir(run / "best") == run / "best"
+    from salt_jax import models  # the README's `models.load(RUN)`: a run stands for its best model
+
+    assert same_state(models.load(run), random_model(2)) and same_state(models.load(run / "best"), random_model(2))
     (run / "best").rename(run / ".best.previous")  # a save of best/ that crashed between its renames
     assert model_dir(run) == run / "best" and store.find(model_dir(run)) == run / ".best.previous"
     with pytest.raises(store.CheckpointError, match="no salt_jax model checkpoint"):
