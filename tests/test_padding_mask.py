@@ -144,19 +144,20 @@ def test_padded_batch_equals_the_unpadded_batch_on_one_and_two_devices(tmp_path)
     for epoch in (0, 1):
         plain = {k: saved[f"plain/{epoch}/{k}"] for k in ("loss", "update", "stats")}
         # Tolerances (measured, relative L2): on one device the padded BCE+dice update matches to
-        # 2e-6 (float32 sums in another order), the Lovasz one to 1e-3, as its gradient jumps where
-        # sorted errors tie, so 1e-7 noise in a logit can swap two pixels' Jaccard weights; across
-        # 2 devices 1e-3 (reduction order; the same without padding). Running statistics: 1e-8.
-        # Counting the padding instead changes the update by ~100% and the statistics by 1.4e-3
-        # (7% in the worst layer): bounds of 1e-4 / 1e-2 (update) and 1e-6 (statistics) keep the
-        # two apart by an order of magnitude or more.
+        # 2e-6 under jax 0.10.2 and to 1.0e-3 under jax 0.11.2 (float32 sums in another order,
+        # amplified by train-mode BatchNorm on 3 images; the loss still agrees to 1e-5 and the
+        # statistics to 1e-8), the Lovasz one to 1e-3, as its gradient jumps where sorted errors
+        # tie, so 1e-7 noise in a logit can swap two pixels' Jaccard weights; across 2 devices 1e-3
+        # (reduction order; the same without padding). Running statistics: 1e-8. Counting the
+        # padding instead changes the update by ~100% and the statistics by 1.4e-3 (7% in the
+        # worst layer): bounds of 1e-2 (update) and 1e-6 (statistics) keep the two apart by two
+        # orders of magnitude or more.
         for run in ("padded_one", "padded_two"):
-            update_tol = 1e-4 if (run, epoch) == ("padded_one", 0) else 1e-2
             got = {k: saved[f"{run}/{epoch}/{k}"] for k in ("loss", "update", "stats")}
             np.testing.assert_allclose(got["loss"], plain["loss"], rtol=1e-5, err_msg=run)
             update, stats = rel(got["update"], plain["update"]), rel(got["stats"], plain["stats"])
             print(f"{run} round {epoch}: update {update:.2e} stats {stats:.2e}")
-            assert update < update_tol and stats < 1e-6, (run, epoch, update, stats)
+            assert update < 1e-2 and stats < 1e-6, (run, epoch, update, stats)
         unmasked = {k: saved[f"unmasked_two/{epoch}/{k}"] for k in ("update", "stats")}
         update, stats = rel(unmasked["update"], plain["update"]), rel(unmasked["stats"], plain["stats"])
         print(f"unmasked round {epoch}: update {update:.2e} stats {stats:.2e}")
