@@ -131,3 +131,19 @@ def test_model_without_checksums_is_refused(saved_model):
     with pytest.raises(store.CheckpointError, match="without array checksums"):
         store.load(path)
     shutil.rmtree(path)
+
+
+def test_a_checkpoint_from_before_the_batch_stats_rename_resumes(tmp_path):
+    # Older code stored the BatchNorm statistics under "rest"; such a workdir resumes, exactly.
+    with_stats = lambda k: {**make_state(k), "batch_stats": {"mean": jnp.full((5,), k + 0.5)}}
+    state = with_stats(3)
+    old = {("rest" if key == "batch_stats" else key): v for key, v in state.items()}
+    ckpt = Checkpoints(tmp_path / "checkpoints")
+    ckpt.save(3, old, {"next_epoch": 3})
+    ckpt.close()
+    ckpt = Checkpoints(tmp_path / "checkpoints")
+    restored, meta = ckpt.restore_latest(with_stats(0), report=pytest.fail)
+    ckpt.close()
+    assert meta["next_epoch"] == 3 and set(restored) == set(state)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(a, b)

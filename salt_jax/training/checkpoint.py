@@ -29,6 +29,7 @@ from salt_jax.errors import UserError
 
 KEEP = 2
 DAMAGED = "damaged_checkpoints"
+LEGACY_NAMES = {"batch_stats": "rest"}  # train-state keys renamed since: current name -> stored name
 
 
 class DamagedCheckpointError(RuntimeError):
@@ -74,8 +75,24 @@ class Checkpoints:
     def restore(self, step: int, state_like) -> tuple[Any, dict[str, Any]]:
         """Checkpoint `step` into arrays shaped and sharded like `state_like`; returns (state, meta).
 
+        Checkpoints written before the BatchNorm statistics were named `batch_stats` store them
+        as `rest`; they are read under their old name (their checksums name it) and renamed.
         Raises DamagedCheckpointError (one line: which checkpoint, what is wrong).
         """
+        try:
+            return self._restore(step, state_like)
+        except DamagedCheckpointError as err:
+            if not (isinstance(state_like, dict) and set(LEGACY_NAMES) <= set(state_like)):
+                raise
+            renamed = {LEGACY_NAMES.get(k, k): v for k, v in state_like.items()}
+            try:
+                state, meta = self._restore(step, renamed)
+            except DamagedCheckpointError:
+                raise err from None
+            back = {old: new for new, old in LEGACY_NAMES.items()}
+            return {back.get(k, k): v for k, v in state.items()}, meta
+
+    def _restore(self, step: int, state_like) -> tuple[Any, dict[str, Any]]:
         where = self.directory / str(step)
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
