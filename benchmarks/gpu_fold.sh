@@ -3,9 +3,10 @@
 #
 # A device command may run 10 minutes, the fold takes longer, and the device machine keeps its
 # files only while it stays warm (30 s after a call). So each call trains for at most
-# FOLD_SLICE_S seconds (default 540); train.py checkpoints every epoch in WORKDIR (under runs/,
+# FOLD_SLICE_S seconds (default 540); train.py checkpoints every epoch in WORKDIR/run (under runs/,
 # git-ignored, left in place on the warm machine between calls) and the same command resumes
-# there. Call it again at once until it prints "FOLD DONE"; then it appends a train_fold line
+# there. This script's own files (train.log, slice_seconds, out/) sit beside it in WORKDIR, never
+# inside the run directory, which train.py claims only when it is empty or its own. Call it again at once until it prints "FOLD DONE"; then it appends a train_fold line
 # (best val mAP, epochs, wall seconds summed over slices, images/s, encoder init) to the machine's
 # results file (benchmarks/gpu_env.sh), which comes back as $OUT/results.jsonl.
 # The checkpoints are too large to come back through $OUT: if the machine is released between
@@ -39,6 +40,7 @@ FOLD="${FOLD:-0}"
 EPOCHS="${EPOCHS:-120}"
 DATA="${TGS_SALT_DIR:-.data/tgs_salt}"
 WORKDIR="${WORKDIR:-runs/gpu-fold-se${ENCODER}-f${FOLD}}"
+RUN="$WORKDIR/run"  # train.py's workdir
 OUT="${OUT:-$WORKDIR/out}"
 mkdir -p "$WORKDIR" "$OUT"
 [ -f "$DATA/train.csv" ] || { echo "gpu_fold.sh: no $DATA/train.csv; carry the data (see the header)" >&2; exit 2; }
@@ -57,14 +59,14 @@ fi
 start=$(date +%s)
 timeout --signal=TERM --kill-after=30 "${FOLD_SLICE_S:-540}" \
   "$PY" train.py --encoder="$ENCODER" --fold="$FOLD" --data_dir="$DATA" --epochs="$EPOCHS" \
-  --workdir="$WORKDIR" --no_progress ${PRETRAINED:+--pretrained="$PRETRAINED"} "$@" 2>&1 | tee -a "$WORKDIR/train.log"
+  --workdir="$RUN" --no_progress ${PRETRAINED:+--pretrained="$PRETRAINED"} "$@" 2>&1 | tee -a "$WORKDIR/train.log"
 rc=${PIPESTATUS[0]}
 # Wall time and slice count accumulate across calls (the gaps between calls are not counted).
 echo $(( $(date +%s) - start )) >>"$WORKDIR/slice_seconds"
-cp "$WORKDIR/metrics.jsonl" "$WORKDIR/train.log" "$OUT/" 2>/dev/null
+cp "$RUN/metrics.jsonl" "$WORKDIR/train.log" "$OUT/" 2>/dev/null
 
 if [ "$rc" -eq 0 ]; then
-  "$PY" benchmarks/bench_grid.py --fold-record "$WORKDIR" --model "$ENCODER" --fold "$FOLD" \
+  "$PY" benchmarks/bench_grid.py --fold-record "$RUN" --model "$ENCODER" --fold "$FOLD" \
     --wall-s "$(( $(paste -sd+ "$WORKDIR/slice_seconds") ))" --slices "$(wc -l <"$WORKDIR/slice_seconds")" \
     --results "$GPU_RESULTS" --out "$OUT" && echo "FOLD DONE"
 elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
