@@ -53,13 +53,24 @@ def test_original_recipe_options_default_to_the_original():
     assert {"original_dice", "fold_rule"} <= set(cfg.identity())  # a resume may not change them
 
 
+def test_demo_defaults_are_its_documented_choices():
+    # docs/RESULTS.md: 10 epochs without augmentation, Lovasz from epoch 4, plateau patience 0.
+    cfg = parse_args(["--demo"])
+    assert cfg.encoder == "tiny" and cfg.data_dir is None and cfg.workdir == "runs/demo"
+    assert (cfg.epochs, cfg.switch_epoch, cfg.batch_size, cfg.lr) == (10, 4, 9, 1e-3)
+    assert not cfg.augment and cfg.plateau_patience == 0 and cfg.progress
+
+
 def test_demo_keeps_explicit_flags():
+    # A shorter demo keeps at least its last epoch for the Lovasz round.
     cfg = parse_args(["--demo", "--epochs=2"])
     assert cfg.encoder == "tiny" and cfg.epochs == 2 and cfg.switch_epoch == 1
     assert parse_args(["--demo", "--epochs", "5"]).epochs == 5
     assert cfg.progress and not parse_args(["--demo", "--no_progress"]).progress
     switched_off = parse_args(["--demo", "--no_augment", "--no_progress"])
     assert not switched_off.augment and not switched_off.progress
+    assert parse_args(["--demo", "--epochs=2", "--switch_epoch=0"]).switch_epoch == 0
+    assert parse_args(["--demo", "--batch_size=6", "--lr=2e-3"]).batch_size == 6
 
 
 def test_abbreviated_flags_are_refused(capsys):
