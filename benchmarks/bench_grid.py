@@ -155,10 +155,11 @@ def measure_jax(cfg: Config, timing: Timing) -> dict[str, Any]:
     import jax
 
     import programs
+    from salt_jax.models import archs
 
     images, masks = programs.synthetic_batch(cfg.batch)
     # Host-side init: eager NNX init compiles one program per parameter shape (minutes on a CPU).
-    model = programs.jax_model(cfg.model.removeprefix("unet_"), cfg.precision, cfg.grouped_impl)
+    model = programs.jax_model(cfg.model.removeprefix(archs.UNET_PREFIX), cfg.precision, cfg.grouped_impl)
     if cfg.task == "train_step":
         program = programs.jax_train_step(model, images, masks)
     else:
@@ -181,9 +182,10 @@ def measure_torch(cfg: Config, timing: Timing) -> dict[str, Any]:
 
     import programs
     from convert.torch_unet import TorchSaltUNet
+    from salt_jax.models import archs
 
     images, masks = programs.synthetic_batch(cfg.batch)
-    model = TorchSaltUNet(cfg.model.removeprefix("unet_"))
+    model = TorchSaltUNet(cfg.model.removeprefix(archs.UNET_PREFIX))
     # FLOPs are counted on an eager program (the counter does not see inside compiled graphs);
     # its step changes the weights once, which does not change the timing.
     eager = "amp_cl" if cfg.variant == "compile" else cfg.variant

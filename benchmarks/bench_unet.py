@@ -67,7 +67,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     t_model = TorchSaltUNet(args.model)
-    arch = f"unet_{args.model}"
+    arch = archs.UNET_PREFIX + args.model
     state = {k: v.numpy().copy() for k, v in t_model.state_dict().items()}
     images, masks = programs.synthetic_batch(args.batch)
 

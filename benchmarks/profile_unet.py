@@ -127,7 +127,9 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["train_step", "inference"], choices=["train_step", "inference"])
     args = parser.parse_args()
 
-    arch = f"unet_{args.model}"
+    from salt_jax.models import archs
+
+    arch = archs.UNET_PREFIX + args.model
     model = programs.jax_model(args.model)
     images, masks = programs.synthetic_batch(args.batch)
     build = {"train_step": lambda: programs.jax_train_step(model, images, masks),

@@ -66,7 +66,7 @@ def jax_model(encoder: str, precision: str = "float32", grouped_impl: str | None
 
     from salt_jax.models import archs
 
-    return archs.build(f"unet_{encoder}", seed=seed, dtype=jnp.dtype(precision), grouped_impl=grouped_impl)
+    return archs.build(archs.UNET_PREFIX + encoder, seed=seed, dtype=jnp.dtype(precision), grouped_impl=grouped_impl)
 
 
 def jax_train_step(model, images_u8: np.ndarray, masks_u8: np.ndarray, *, augment: bool = True) -> Program:

@@ -18,7 +18,7 @@ import json
 from typing import Sequence
 
 from salt_jax.data.folds import FOLD_RULES
-from salt_jax.models import presets
+from salt_jax.models import archs, presets
 
 RECIPES = ("original", "cosine")
 # The lr and coupled L2 of each recipe when not given (lr=None / weight_decay=None).
@@ -75,7 +75,7 @@ class TrainConfig:
     @property
     def arch(self) -> str:
         """The saved-model architecture name of this run's network (salt_jax.models.archs)."""
-        return f"unet_{self.encoder}"
+        return archs.UNET_PREFIX + self.encoder
 
     def identity(self) -> dict:
         """The fields a resumed run must share with the run that wrote the workdir."""
