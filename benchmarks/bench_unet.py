@@ -5,7 +5,8 @@
     python benchmarks/bench_unet.py --batch 32 --precision float32 bfloat16 --no-torch   # on a GPU
 
 Both frameworks run the same weights (the JAX model is converted from the torch one, which
-is also much faster than NNX's eager initialisation). Tasks (benchmarks/programs.py), one line
+is also much faster than NNX's eager initialisation); with --no-torch, torch is not imported and
+the JAX model starts from its own initialisation. Tasks (benchmarks/programs.py), one line
 each appended to benchmarks/results.jsonl (benchmarks/records.py's schema):
   inference   eval mode, both outputs;
   train_step  JAX: the training's own jitted step (on-device augmentation, the Lovasz-phase
@@ -58,23 +59,30 @@ def main() -> None:
     args = parser.parse_args()
 
     import jax.numpy as jnp
-    import torch
     from flax import nnx
 
-    from convert.torch_to_flax import convert_state
-    from convert.torch_unet import TorchSaltUNet
     from salt_jax.models import archs
 
-    torch.manual_seed(0)
-    t_model = TorchSaltUNet(args.model)
     arch = archs.UNET_PREFIX + args.model
-    state = {k: v.numpy().copy() for k, v in t_model.state_dict().items()}
     images, masks = programs.synthetic_batch(args.batch)
+    if args.no_torch:  # torch may not be installed (e.g. a newer Python): JAX's own initialisation
+        state = None
+    else:
+        import torch
+
+        from convert.torch_unet import TorchSaltUNet
+
+        torch.manual_seed(0)
+        t_model = TorchSaltUNet(args.model)
+        state = {k: v.numpy().copy() for k, v in t_model.state_dict().items()}
 
     runs: dict[tuple[str, str, str], dict[str, programs.Program]] = {}
     for precision in args.precision:
-        model = archs.build(arch, abstract=True, dtype=jnp.dtype(precision))
-        nnx.update(model, nnx.state(convert_state(arch, state)))
+        model = archs.build(arch, abstract=state is not None, dtype=jnp.dtype(precision))
+        if state is not None:
+            from convert.torch_to_flax import convert_state
+
+            nnx.update(model, nnx.state(convert_state(arch, state)))
         for variant in args.variants:
             runs[("jax", variant, precision)] = jax_programs(nnx.view(model, **JAX_VARIANTS[variant]), images, masks,
                                                              args.tasks)
