@@ -54,10 +54,10 @@ def test_original_recipe_options_default_to_the_original():
 
 
 def test_demo_defaults_are_its_documented_choices():
-    # docs/RESULTS.md: 10 epochs without augmentation, Lovasz from epoch 4, plateau patience 0.
+    # docs/RESULTS.md: 14 epochs without augmentation, Lovasz from epoch 7, plateau patience 0.
     cfg = parse_args(["--demo"])
     assert cfg.encoder == "tiny" and cfg.data_dir is None and cfg.workdir == "runs/demo"
-    assert (cfg.epochs, cfg.switch_epoch, cfg.batch_size, cfg.lr) == (10, 4, 9, 1e-3)
+    assert (cfg.epochs, cfg.switch_epoch, cfg.batch_size, cfg.lr) == (14, 7, 9, 1e-3)
     assert not cfg.augment and cfg.plateau_patience == 0 and cfg.progress
 
 
