@@ -78,10 +78,12 @@ def main() -> None:
 
     runs: dict[tuple[str, str, str], dict[str, programs.Program]] = {}
     for precision in args.precision:
-        model = archs.build(arch, abstract=state is not None, dtype=jnp.dtype(precision))
-        if state is not None:
+        if state is None:
+            model = programs.jax_model(args.model, precision)
+        else:
             from convert.torch_to_flax import convert_state
 
+            model = archs.build(arch, abstract=True, dtype=jnp.dtype(precision))
             nnx.update(model, nnx.state(convert_state(arch, state)))
         for variant in args.variants:
             runs[("jax", variant, precision)] = jax_programs(nnx.view(model, **JAX_VARIANTS[variant]), images, masks,

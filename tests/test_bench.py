@@ -172,3 +172,18 @@ def test_cli_writes_well_formed_lines_for_the_tiny_model_in_jax_and_torch(tmp_pa
     # (XLA also counts elementwise work; torch's counter only matmuls and convolutions).
     jax_flops, torch_flops = rows[0]["flops_per_image"], rows[1]["flops_per_image"]
     assert 0.8 < jax_flops / torch_flops < 1.25
+
+
+def test_bench_unet_without_torch_never_imports_it(tmp_path):
+    # `--no-torch` is how a Python without our CPU torch (3.12 here) times JAX alone: torch is
+    # made unimportable in the child, so any import of it fails the run.
+    results = tmp_path / "results.jsonl"
+    code = ("import runpy, sys; sys.modules['torch'] = None; sys.path.insert(0, 'benchmarks'); "
+            "sys.argv = ['bench_unet.py', '--model', 'tiny', '--batch', '1', '--repeats', '1', "
+            f"'--tasks', 'inference', '--no-torch', '--out', {str(results)!r}]; "
+            "runpy.run_path('benchmarks/bench_unet.py', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=550)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = [json.loads(text) for text in results.read_text().splitlines()]
+    assert (line["framework"], line["model"], line["task"], line["batch"]) == ("jax", "unet_tiny", "inference", 1)
+    assert line["ms"] > 0
