@@ -1,10 +1,11 @@
-"""The benchmark tooling (benchmarks/: timing.py, records.py, programs.py, bench_grid.py).
+"""The benchmark tooling (benchmarks/: timing.py, records.py, programs.py, bench_grid.py, bench_unet.py).
 
 Timing is checked on a fake clock with hand-worked figures; the grid's plan order, tables and
 records on made-up lines; the timed train step (training's own) is checked to train (the loss
 falls over repeated steps on one batch); and one real CPU run of the grid (slow)
 measures the tiny model through the CLI, in child processes as on a GPU, into a temporary
-results file, and checks every JSON line it wrote.
+results file, and checks every JSON line it wrote; bench_unet's JAX-only mode runs with torch
+unimportable.
 """
 
 from __future__ import annotations
