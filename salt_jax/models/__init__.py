@@ -18,7 +18,6 @@ from salt_jax.models.store import read_metadata, save
 from salt_jax.models.unet import SaltUNet, init_encoder_from_imagenet
 
 
-
 def load(directory, **kwargs):
     """`store.load` for users: a saved model directory, or a training run's (its best model, `best/`).
 
