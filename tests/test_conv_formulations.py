@@ -33,12 +33,9 @@ from flax import nnx
 
 from salt_jax.models import layers
 from salt_jax.models import presets
+from tests.torch_reference import optional_torch
 
-try:
-    import torch
-except ImportError:  # the torch references skip; the CPU defaults and the UNet wiring need only JAX
-    torch = None
-needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+torch, needs_torch = optional_torch()  # the torch references skip; the CPU defaults and the UNet wiring need only JAX
 
 pytestmark = pytest.mark.timeout(600)
 REPO = Path(__file__).resolve().parents[1]

@@ -15,12 +15,9 @@ from flax import nnx
 from salt_jax.models.initialize import init_module
 from salt_jax.models.layers import BatchNorm, GroupedConv
 from salt_jax.models.unet import SaltUNet
+from tests.torch_reference import optional_torch
 
-try:
-    import torch
-except ImportError:  # the tests that compare with torch itself skip; the others need only JAX
-    torch = None
-needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
+torch, needs_torch = optional_torch()  # the tests that compare with torch itself skip; the others need only JAX
 pytestmark = pytest.mark.timeout(300)
 DRAWS = 100  # re-initialisations per layer: enough bias values (>= 1600) for the statistics
 

@@ -20,15 +20,13 @@ import numpy as np
 import pytest
 
 from salt_jax import losses
+from tests.torch_reference import optional_torch
 
 pytestmark = pytest.mark.timeout(120)
 
-try:  # only the BCE references need torch; the Lovasz and dice tests run without it
-    import torch
-    F = torch.nn.functional
-except ImportError:
-    torch = F = None
-needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed (the BCE reference)")
+# Only the BCE references need torch; the Lovasz and dice tests run without it.
+torch, needs_torch = optional_torch("torch is not installed (the BCE reference)")
+F = torch.nn.functional if torch is not None else None
 
 
 # ----------------------------------------------------------------------------------------------

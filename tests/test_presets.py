@@ -14,9 +14,9 @@ from salt_jax import models
 from salt_jax.data.synthetic import generate
 from salt_jax.models import archs, presets
 from salt_jax.training import parse_args, run
-from tests.torch_reference import torch_reference_or_reason
+from tests.torch_reference import optional_torch_reference
 
-torch, reference, _why_no_torch = torch_reference_or_reason()
+torch, reference, needs_torch = optional_torch_reference()
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -88,7 +88,7 @@ def test_a_registered_variant_trains_saves_and_loads(mini, data_dir, tmp_path):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
-@pytest.mark.skipif(torch is None, reason=_why_no_torch or "")
+@needs_torch
 def test_a_registered_variant_converts_from_cadene_layout(mini, tmp_path):
     """Cadene's SENet class given MINI's numbers, and our PyTorch build of the original UNet on it:
     their state_dicts convert to models that compute what torch computes. Tolerances as in

@@ -25,10 +25,9 @@ from flax import nnx
 
 from convert.torch_to_flax import convert_state, converter
 from salt_jax.models import archs
-from tests.torch_reference import torch_reference_or_reason
+from tests.torch_reference import optional_torch_reference
 
-torch, reference, _why_no_torch = torch_reference_or_reason()
-needs_torch = pytest.mark.skipif(torch is None, reason=_why_no_torch or "")
+torch, reference, needs_torch = optional_torch_reference()
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.torch_reference import torch_reference_or_reason
+from tests.torch_reference import optional_torch_reference
 
-torch, reference, _why_no_torch = torch_reference_or_reason()
-needs_torch = pytest.mark.skipif(torch is None, reason=_why_no_torch or "")
+torch, reference, needs_torch = optional_torch_reference()
 
 from convert.torch_to_flax import convert_state  # noqa: E402
 from salt_jax import models  # noqa: E402

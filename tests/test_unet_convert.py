@@ -17,10 +17,9 @@ from flax import nnx
 from convert import torch_to_flax
 from convert.torch_to_flax import ConversionError, convert_state
 from salt_jax import models
-from tests.torch_reference import torch_reference_or_reason
+from tests.torch_reference import optional_torch_reference
 
-torch, reference, _why_no_torch = torch_reference_or_reason()
-needs_torch = pytest.mark.skipif(torch is None, reason=_why_no_torch or "")
+torch, reference, needs_torch = optional_torch_reference()
 if torch is not None:
     from convert.torch_unet import TorchSaltUNet
 
