@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Everything one short GPU lease can measure, in ONE device call (issue 16), from the repository root:
+#
+#   bash benchmarks/gpu_wheels.sh     # here, once: .whl, .deps, .data
+#   run(command="bash benchmarks/gpu_session.sh", timeout_s=600, carry=[".whl", ".deps", ".data"])
+#
+# A lease is now 15 device-minutes, the machine's start included, so gpu_all.sh's whole table and
+# gpu_fold.sh's 120 epochs no longer fit; this spends one call of SESSION_S seconds (default 550) on
+#   1. the headline: SaltUNet-50, batch 32, bf16 train step, every JAX grouped conv against torch
+#      AMP channels_last and torch.compile (gpu_all.sh with those arguments), until HEADLINE_S
+#      (default 330) seconds have passed; no configuration may take more than 120 s;
+#   2. a slice of the real fold (gpu_fold.sh: fold 0, SE-ResNeXt-50, the original recipe), with
+#      the grouped conv that won step 1, for the rest of the call: its metrics.jsonl gives the
+#      seconds per epoch, hence the fold's time, and the first epochs' val mAP.
+# Comes back under $OUT: results.jsonl, bench.log, table.md, env.txt (step 1) and metrics.jsonl,
+# train.log (step 2). The same command on a warm machine resumes both.
+#   DRY_RUN=1 SESSION_S=400 HEADLINE_S=200 bash benchmarks/gpu_session.sh   # CPU check: tiny, synthetic data
+set -uo pipefail
+cd "$(dirname "$0")/.."
+SESSION_S="${SESSION_S:-550}"
+headline=(--models 50 --batches 32 --precisions bfloat16 --tasks train_step --config-timeout 120)
+[ -z "${DRY_RUN:-}" ] || headline=(--tasks train_step)  # DRY_RUN=1: gpu_all.sh's tiny CPU check
+BENCH_DEADLINE="${HEADLINE_S:-330}" bash benchmarks/gpu_all.sh "${headline[@]}"
+source benchmarks/gpu_env.sh
+winner="$("$PY" benchmarks/bench_grid.py --table --results "$GPU_RESULTS" \
+  | sed -n "/^RECOMMENDATION (CPU/d; s/^RECOMMENDATION (.*): default_grouped_impl -> '\([a-z]*\)'.*/\1/p" | head -1)"
+echo "grouped conv for the fold: ${winner:-taps (no GPU winner measured)}"
+left=$(( SESSION_S - SECONDS - 15 ))
+if [ "$left" -lt 90 ]; then
+  echo "gpu_session.sh: ${left} s left, too little for a fold slice"
+  exit 0
+fi
+SALT_JAX_GROUPED_CONV="${winner:-taps}" FOLD_SLICE_S="$left" bash benchmarks/gpu_fold.sh
