@@ -13,8 +13,9 @@
 # slices, the fold starts over on the next one.
 #
 # The data must travel with the call (../shared is not sent): once, on the calling machine,
-# `bash benchmarks/gpu_wheels.sh` copies it into .data (git-ignored, about 36 MB of the 64 MiB a
-# call may carry) beside the wheels .whl, and every call names ".whl", ".deps", ".data" in carry.
+# `bash benchmarks/gpu_wheels.sh` packs it into .gpudata/tgs.tar (git-ignored, 28 MB of the 64 MiB
+# a call may carry) beside the wheels .whl; every call names ".whl", ".deps", ".gpudata" in carry,
+# and this script unpacks it into .data/tgs_salt the first time.
 # ImageNet weights: PRETRAINED=<converted dir> is passed as --pretrained; unset, the script looks
 # for cached ones (benchmarks/find_imagenet_weights.py) and, finding none, trains from a random
 # encoder and says so in its log and in the train_fold line (encoder_init).
@@ -39,6 +40,9 @@ ENCODER="${ENCODER:-50}"
 FOLD="${FOLD:-0}"
 EPOCHS="${EPOCHS:-120}"
 DATA="${TGS_SALT_DIR:-.data/tgs_salt}"
+if [ ! -f "$DATA/train.csv" ] && [ -f .gpudata/tgs.tar ] && [ "$DATA" = .data/tgs_salt ]; then
+  mkdir -p .data && tar -xf .gpudata/tgs.tar -C .data
+fi
 WORKDIR="${WORKDIR:-runs/gpu-fold-se${ENCODER}-f${FOLD}}"
 RUN="$WORKDIR/run"  # train.py's workdir
 OUT="${OUT:-$WORKDIR/out}"

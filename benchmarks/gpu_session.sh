@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything one short GPU lease can measure, in ONE device call (issue 16), from the repository root:
 #
-#   bash benchmarks/gpu_wheels.sh     # here, once: .whl, .deps, .data
-#   run(command="bash benchmarks/gpu_session.sh", timeout_s=600, carry=[".whl", ".deps", ".data"])
+#   bash benchmarks/gpu_wheels.sh     # here, once: .whl, .deps, .gpudata
+#   run(command="bash benchmarks/gpu_session.sh", timeout_s=600, carry=[".whl", ".deps", ".gpudata"])
 #
 # A lease is now 15 device-minutes, the machine's start included, so gpu_all.sh's whole table and
 # gpu_fold.sh's 120 epochs no longer fit; this spends one call of SESSION_S seconds (default 550) on
