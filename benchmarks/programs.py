@@ -120,8 +120,14 @@ def jax_inference(model, images_u8: np.ndarray) -> Program:
 
 
 def xla_flops(program: Program) -> tuple[float | None, str]:
-    """FLOPs of one call from XLA's cost analysis of the compiled program (else the lowered HLO)."""
-    for source, stage in (("xla_compiled", program.compiled), ("xla_lowered", program.lowered)):
+    """FLOPs of one call from XLA's cost analysis of the lowered HLO (else the compiled program).
+
+    The lowered HLO first: on GPUs the compiled program hands its convolutions to cuDNN as custom
+    calls, which XLA's cost analysis counts as zero FLOPs (an H200 run counted 4.9 GFLOP per image
+    of the SE-ResNeXt-50 train step, torch's counter 9.6; docs/BENCHMARKS.md), while the lowered
+    HLO is the same program on every backend.
+    """
+    for source, stage in (("xla_lowered", program.lowered), ("xla_compiled", program.compiled)):
         try:
             cost = stage.cost_analysis()
         except Exception:  # some backends do not implement it; the other stage may

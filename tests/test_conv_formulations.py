@@ -197,6 +197,11 @@ def test_defaults_and_env_overrides(monkeypatch):
     assert (layers.default_grouped_impl(32), layers.default_conv_impl(), layers.default_conv_transpose_impl()) == (
         "taps", "matmul", "taps")
     assert layers.default_grouped_impl(4) == "dense"  # the tiny encoder's 4 groups
+    # Accelerators: the algorithms that won there (grouped: docs/BENCHMARKS.md, H200) or XLA's own.
+    with monkeypatch.context() as m:
+        m.setattr(layers.jax, "default_backend", lambda: "gpu")
+        assert (layers.default_grouped_impl(32), layers.default_grouped_impl(4), layers.default_conv_impl(),
+                layers.default_conv_transpose_impl()) == ("native", "native", "xla", "xla")
     monkeypatch.setenv("SALT_JAX_GROUPED_CONV", "dense")
     monkeypatch.setenv("SALT_JAX_CONV", "xla")
     assert (layers.default_grouped_impl(32), layers.default_conv_impl()) == ("dense", "xla")

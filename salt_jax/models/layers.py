@@ -330,16 +330,16 @@ GROUPED_IMPLS = ("taps", "native", "dense")
 def default_grouped_impl(groups: int = 32) -> str:
     """The grouped-conv implementation for a conv of `groups` groups; `SALT_JAX_GROUPED_CONV` overrides.
 
-    "taps" on every backend for the encoders' 32 groups: XLA's own kernel gradient of a 32-group
-    conv ("native") is ~50x slower than a dense conv on CPU (docs/BENCHMARKS.md) and reported
-    slow on CUDA too (jax-ml/jax issue 13800); "taps" keeps XLA's grouped forward and input
-    gradient and computes the kernel gradient with matmuls. On CPU, 4 groups or fewer (the tiny
-    encoder) take "dense": the block-diagonal kernel costs only 4x the FLOPs there and its train
-    step measured 12% faster than taps. The GPU default is not measured yet
-    (benchmarks/gpu_all.sh measures all three).
+    CPU: "taps" for the encoders' 32 groups: XLA:CPU's own kernel gradient of a 32-group conv
+    ("native") is ~50x slower than a dense conv (docs/BENCHMARKS.md); "taps" keeps XLA's grouped
+    forward and input gradient and computes the kernel gradient with matmuls. 4 groups or fewer
+    (the tiny encoder) take "dense": the block-diagonal kernel costs only 4x the FLOPs there and
+    its train step measured 12% faster than taps. GPUs (and TPUs, unmeasured): "native", whose
+    cuDNN kernels ran the SE-ResNeXt-50 UNet's bf16 train step fastest on an H200 (batch 32:
+    644 images/s, dense 602, taps 484; docs/BENCHMARKS.md).
     """
     cpu = "dense" if groups <= 4 else "taps"
-    return _choose("SALT_JAX_GROUPED_CONV", GROUPED_IMPLS, cpu, "taps")
+    return _choose("SALT_JAX_GROUPED_CONV", GROUPED_IMPLS, cpu, "native")
 
 
 def block_diagonal_kernel(kernel: Array, groups: int) -> Array:
