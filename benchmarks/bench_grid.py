@@ -237,10 +237,12 @@ def fold_record(workdir: Path, model: str, fold: int, wall_s: float, slices: int
         raise SystemExit(f"{workdir / 'metrics.jsonl'}: no epoch recorded")
     config = json.loads((workdir / "config.json").read_text())
     rates = [h["images_per_s"] for h in history if h.get("images_per_s")]
+    epoch_s = [h["epoch_seconds"] for h in history if h.get("epoch_seconds")]  # older runs lack it
     return records.record(
         "train_fold", framework="jax", batch=config.get("batch_size"), model=arch_of(model), precision=config.get("dtype"),
         fold=fold, epochs=len(history), val_map_best=max(h["val_map"] for h in history), wall_s=wall_s, slices=slices,
         images_per_s=statistics.median(rates) if rates else None,
+        epoch_seconds=statistics.median(epoch_s) if epoch_s else None,
         # The original starts from ImageNet weights; a random start is a different experiment.
         encoder_init=encoder_init(config))
 

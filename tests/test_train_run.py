@@ -51,8 +51,10 @@ def test_run_writes_outputs_and_switches_loss_without_recompiling(fresh3):
     workdir = fresh3.workdir
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [0, 1, 2]
-    for key in ("train_loss", "val_loss", "val_map", "lr", "seconds", "images_per_s"):
+    for key in ("train_loss", "val_loss", "val_map", "lr", "seconds", "images_per_s", "val_seconds", "epoch_seconds"):
         assert all(np.isfinite(r[key]) for r in records), key
+    # The epoch's wall time holds its training and its validation, each timed on its own.
+    assert all(r["epoch_seconds"] >= r["seconds"] + r["val_seconds"] > r["seconds"] > 0 for r in records)
     assert [r["round"] for r in records] == ["bce_dice", "lovasz", "lovasz"]
     assert [r["step"] for r in records] == [4, 8, 12]
     # The Lovasz hinge (elu+1) is >= 1 per image in expectation at random init; dice+BCE stays < 1.3.

@@ -131,13 +131,16 @@ def run(cfg: TrainConfig) -> RunResult:
                 state = trainer.reset_optimizer(state)  # fresh moments for the Lovasz round
                 plateau.reset()
             lr = plateau.lr if cosine is None else float(cosine(epoch))
+            epoch_start = time.perf_counter()
             state = trainer.set_lr(state, lr)
             state, train_loss, seconds = _train_epoch(trainer, state, arrays, cfg, epoch, data, log)
+            val_start = time.perf_counter()
             val_loss, val_map, last_probs = _evaluate(trainer, state, arrays, cfg, epoch)
             record = {
                 "epoch": epoch, "step": int(state["step"]), "round": "lovasz" if loss.use_lovasz(epoch) else "bce_dice",
                 "switch_epoch": cfg.switch_epoch, "train_loss": train_loss, "val_loss": val_loss, "val_map": val_map,
                 "lr": lr, "seconds": seconds, "images_per_s": _images(data, cfg) / seconds,
+                "val_seconds": time.perf_counter() - val_start,
             }
             if cfg.recipe == "original":
                 plateau.step(val_map)
@@ -145,6 +148,9 @@ def run(cfg: TrainConfig) -> RunResult:
                 progress["best_val_map"] = val_map
                 store.save(workdir / BEST, trainer.model(state), arch=cfg.arch, metadata=_best_metadata(cfg, record))
             record["best_val_map"] = progress["best_val_map"]
+            # The whole epoch as a user waits for it: training, validation, best/ (the previous
+            # checkpoint's wait happens in ckpt.save below and shows in the next epoch's figure).
+            record["epoch_seconds"] = time.perf_counter() - epoch_start
             progress.update(next_epoch=epoch + 1, plateau=dataclasses.asdict(plateau),
                             history=progress["history"] + [record])
             ckpt.save(epoch + 1, state, progress)
@@ -507,7 +513,8 @@ class _Logger:
                 self.tb.add_scalar(key, record[key], record["epoch"])
         print(f"epoch {record['epoch']:3d} [{record['round']}] train_loss {record['train_loss']:.4f} "
               f"val_loss {record['val_loss']:.4f} val_map {record['val_map']:.4f} lr {record['lr']:.2e} "
-              f"{record['images_per_s']:.1f} img/s {record['seconds']:.1f}s", flush=True)
+              f"{record['images_per_s']:.1f} img/s {record['seconds']:.1f}s (epoch {record['epoch_seconds']:.1f}s)",
+              flush=True)
 
     def close(self) -> None:
         if self.tb is not None:
