@@ -20,7 +20,9 @@
 # torch hub, Hugging Face/timm caches, any se_resnext* file) and converts them for gpu_fold.sh;
 # what it found is in env.txt.
 # Comes back under $OUT: results.jsonl (every line, old and new), bench.log, table.md, env.txt.
-# Extra arguments go to benchmarks/bench_grid.py (e.g. --models 50 --batches 32).
+# Extra arguments go to benchmarks/bench_grid.py (e.g. --models 50 --batches 32). SELECTIONS (one
+# set of bench_grid arguments per line) runs those plans in turn instead, the extra arguments
+# added to each.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${DRY_RUN:-}" ]; then
@@ -59,12 +61,20 @@ bench() {  # one pass of the plan selected by "$@", resuming, inside this call's
 }
 : >"$OUT/bench.log"
 status=0
-if [ $# -eq 0 ] && [ -z "${DRY_RUN:-}" ]; then
-  # The headline first (issue 16's target: JAX bf16 train step vs the best PyTorch), so even one
-  # call measures it: SaltUNet-50 at batch 32, every grouped conv, torch AMP and torch.compile.
-  bench --models 50 --batches 32 --precisions bfloat16 --tasks train_step || status=$?
+if [ -n "${SELECTIONS:-}" ]; then
+  # Plans in priority order, one per line (gpu_session.sh); each resumes, all inside one deadline.
+  while IFS= read -r selection; do
+    read -ra sel <<<"$selection"
+    [ "${#sel[@]}" -eq 0 ] || [ "$status" -ne 0 ] || bench "${sel[@]}" "$@" || status=$?
+  done <<<"$SELECTIONS"
+else
+  if [ $# -eq 0 ] && [ -z "${DRY_RUN:-}" ]; then
+    # The headline first (issue 16's target: JAX bf16 train step vs the best PyTorch), so even one
+    # call measures it: SaltUNet-50 at batch 32, every grouped conv, torch AMP and torch.compile.
+    bench --models 50 --batches 32 --precisions bfloat16 --tasks train_step || status=$?
+  fi
+  [ "$status" -ne 0 ] || bench "$@" || status=$?
 fi
-[ "$status" -ne 0 ] || bench "$@" || status=$?
 "$PY" benchmarks/bench_grid.py --table --results "$GPU_RESULTS" >"$OUT/table.md"
 cat "$OUT/table.md"
 if [ "$status" -ne 0 ]; then

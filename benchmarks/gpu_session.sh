@@ -6,21 +6,30 @@
 #
 # A lease is now 15 device-minutes, the machine's start included, so gpu_all.sh's whole table and
 # gpu_fold.sh's 120 epochs no longer fit; this spends one call of SESSION_S seconds (default 550) on
-#   1. the headline: SaltUNet-50, batch 32, bf16 train step, every JAX grouped conv against torch
-#      AMP channels_last and torch.compile (gpu_all.sh with those arguments), until HEADLINE_S
-#      (default 330) seconds have passed; no configuration may take more than 120 s;
+#   1. until HEADLINE_S (default 330) seconds have passed, the speed plans below in turn (each
+#      skips what results.jsonl already holds for this device, so a later lease goes on where
+#      the last stopped), no configuration taking more than 150 s: the headline (SaltUNet-50,
+#      batch 32, bf16 train step, every JAX grouped conv against torch AMP channels_last and
+#      torch.compile; measured 2026-11-26), the train step at the original's batch of 10, bf16
+#      inference, the SE-ResNeXt-101, float32;
 #   2. a slice of the real fold (gpu_fold.sh: fold 0, SE-ResNeXt-50, the original recipe), with
 #      the grouped conv that won step 1, for the rest of the call: its metrics.jsonl gives the
-#      seconds per epoch, hence the fold's time, and the first epochs' val mAP.
+#      seconds per epoch (training, validation, the whole epoch), hence the fold's time.
 # Comes back under $OUT: results.jsonl, bench.log, table.md, env.txt (step 1) and metrics.jsonl,
 # train.log (step 2). The same command on a warm machine resumes both.
 #   DRY_RUN=1 SESSION_S=400 HEADLINE_S=200 bash benchmarks/gpu_session.sh   # CPU check: tiny, synthetic data
 set -uo pipefail
 cd "$(dirname "$0")/.."
 SESSION_S="${SESSION_S:-550}"
-headline=(--models 50 --batches 32 --precisions bfloat16 --tasks train_step --config-timeout 120)
-[ -z "${DRY_RUN:-}" ] || headline=(--tasks train_step)  # DRY_RUN=1: gpu_all.sh's tiny CPU check
-BENCH_DEADLINE="${HEADLINE_S:-330}" bash benchmarks/gpu_all.sh "${headline[@]}"
+plans="--models 50 --batches 32 --precisions bfloat16 --tasks train_step
+--models 50 --batches 10 --precisions bfloat16 --tasks train_step --grouped-impls native --torch-variants amp_cl,compile
+--models 50 --batches 32 --precisions bfloat16 --tasks inference --grouped-impls native --torch-variants amp_cl,compile
+--models 101 --batches 32 --precisions bfloat16 --tasks train_step --grouped-impls native --torch-variants amp_cl
+--models 50 --batches 32 --precisions float32 --grouped-impls native --torch-variants eager"
+# DRY_RUN=1: gpu_all.sh's tiny CPU check (its own settings override the models and precisions).
+[ -z "${DRY_RUN:-}" ] || plans="--tasks train_step
+--tasks inference --grouped-impls native"
+SELECTIONS="$plans" BENCH_DEADLINE="${HEADLINE_S:-330}" bash benchmarks/gpu_all.sh --config-timeout 150
 source benchmarks/gpu_env.sh
 winner="$("$PY" benchmarks/bench_grid.py --table --results "$GPU_RESULTS" \
   | sed -n "/^RECOMMENDATION (CPU/d; s/^RECOMMENDATION (.*): default_grouped_impl -> '\([a-z]*\)'.*/\1/p" | head -1)"
