@@ -125,13 +125,13 @@ def run(cfg: TrainConfig) -> RunResult:
              + f"; predicting no salt scores val_map {empty_val_map:.4f}")
 
     last_probs = None
+    since_last_record = time.perf_counter()
     try:
         for epoch in range(progress["next_epoch"], cfg.epochs):
             if epoch > 0 and loss.use_lovasz(epoch) and not loss.use_lovasz(epoch - 1):
                 state = trainer.reset_optimizer(state)  # fresh moments for the Lovasz round
                 plateau.reset()
             lr = plateau.lr if cosine is None else float(cosine(epoch))
-            epoch_start = time.perf_counter()
             state = trainer.set_lr(state, lr)
             state, train_loss, seconds = _train_epoch(trainer, state, arrays, cfg, epoch, data, log)
             val_start = time.perf_counter()
@@ -148,9 +148,11 @@ def run(cfg: TrainConfig) -> RunResult:
                 progress["best_val_map"] = val_map
                 store.save(workdir / BEST, trainer.model(state), arch=cfg.arch, metadata=_best_metadata(cfg, record))
             record["best_val_map"] = progress["best_val_map"]
-            # The whole epoch as a user waits for it: training, validation, best/ (the previous
-            # checkpoint's wait happens in ckpt.save below and shows in the next epoch's figure).
-            record["epoch_seconds"] = time.perf_counter() - epoch_start
+            # The epoch as a user waits for it, so that the figures add up to the run: since the
+            # previous epoch's record, i.e. its checkpoint (started below, async after awaiting
+            # the one before), this epoch's training, validation and best/ export.
+            record["epoch_seconds"] = time.perf_counter() - since_last_record
+            since_last_record = time.perf_counter()
             progress.update(next_epoch=epoch + 1, plateau=dataclasses.asdict(plateau),
                             history=progress["history"] + [record])
             ckpt.save(epoch + 1, state, progress)
