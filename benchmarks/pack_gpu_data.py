@@ -21,13 +21,17 @@ from PIL import Image
 OUT = Path(".gpudata/tgs.tar")
 
 
+class PackError(Exception):
+    """Bad input or a re-encoding that would change the data: one line, exit 2."""
+
+
 def gray_png(path: Path) -> bytes:
     """The image as a one-channel PNG holding exactly the pixels the loader reads."""
     pixels = np.asarray(Image.open(path).convert("L"))
     buf = io.BytesIO()
     Image.fromarray(pixels, "L").save(buf, format="PNG", optimize=True)
     if not np.array_equal(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L")), pixels):
-        raise SystemExit(f"pack_gpu_data: {path}: the one-channel PNG does not hold the same pixels")
+        raise PackError(f"{path}: the one-channel PNG does not hold the same pixels")
     return buf.getvalue()
 
 
@@ -39,19 +43,27 @@ def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def main(data: Path) -> None:
     if not (data / "train.csv").is_file():
-        raise SystemExit(f"pack_gpu_data: {data / 'train.csv'}: not found (give the competition's data folder)")
+        raise PackError(f"{data / 'train.csv'}: not found (give the competition's data folder)")
     OUT.parent.mkdir(exist_ok=True)
-    tmp = OUT.with_suffix(".tmp")
-    with tarfile.open(tmp, "w") as tar:
-        for name in ("train.csv", "depths.csv"):
-            add(tar, f"tgs_salt/{name}", (data / name).read_bytes())
-        for path in sorted((data / "train" / "masks").glob("*.png")):
-            add(tar, f"tgs_salt/train/masks/{path.name}", path.read_bytes())
-        for path in sorted((data / "train" / "images").glob("*.png")):
-            add(tar, f"tgs_salt/train/images/{path.name}", gray_png(path))
+    tmp = OUT.with_suffix(".tmp")  # renamed into place only when complete
+    try:
+        with tarfile.open(tmp, "w") as tar:
+            for name in ("train.csv", "depths.csv"):
+                add(tar, f"tgs_salt/{name}", (data / name).read_bytes())
+            for path in sorted((data / "train" / "masks").glob("*.png")):
+                add(tar, f"tgs_salt/train/masks/{path.name}", path.read_bytes())
+            for path in sorted((data / "train" / "images").glob("*.png")):
+                add(tar, f"tgs_salt/train/images/{path.name}", gray_png(path))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(OUT)
     print(f"{OUT}: {OUT.stat().st_size / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("TGS_SALT_DIR", "../shared/tgs_salt")))
+    try:
+        main(Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("TGS_SALT_DIR", "../shared/tgs_salt")))
+    except (PackError, OSError) as err:
+        print(f"pack_gpu_data: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -188,3 +188,29 @@ def test_bench_unet_without_torch_never_imports_it(tmp_path):
     (line,) = [json.loads(text) for text in results.read_text().splitlines()]
     assert (line["framework"], line["model"], line["task"], line["batch"]) == ("jax", "unet_tiny", "inference", 1)
     assert line["ms"] > 0
+
+
+def test_pack_gpu_data_keeps_what_the_loader_reads(tmp_path):
+    """The packed copy loads to the same arrays as the original; RGB images like the real ones."""
+    from PIL import Image
+
+    from salt_jax.data import load_train
+    from salt_jax.data.synthetic import generate
+
+    data = generate(tmp_path / "data", n_train=12, n_test=1)
+    for path in (data / "train" / "images").glob("*.png"):  # the competition's PNGs are RGB
+        Image.open(path).convert("RGB").save(path)
+    script = REPO / "benchmarks" / "pack_gpu_data.py"
+    subprocess.run([sys.executable, str(script), str(data)], cwd=tmp_path, check=True, capture_output=True)
+    import tarfile
+
+    with tarfile.open(tmp_path / ".gpudata" / "tgs.tar") as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    original = load_train(data, cache_dir=tmp_path / "c1")
+    packed = load_train(tmp_path / "unpacked" / "tgs_salt", cache_dir=tmp_path / "c2")
+    for field in ("ids", "images", "masks", "depths"):
+        np.testing.assert_array_equal(np.asarray(getattr(packed, field)), np.asarray(getattr(original, field)))
+
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nowhere")], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nowhere/train.csv" in bad.stderr
