@@ -30,8 +30,10 @@ export PYTHONPATH="$PWD:$PWD/.deps${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=
 # over benchmarks/results.jsonl after every call, and a fresh machine continues from there.
 GPU_RESULTS="${GPU_RESULTS:-runs/gpu/results.jsonl}"
 mkdir -p "$(dirname "$GPU_RESULTS")"
-cat benchmarks/results.jsonl "$GPU_RESULTS" 2>/dev/null | awk 'NF && !seen[$0]++' >"$GPU_RESULTS.tmp" \
-  && mv "$GPU_RESULTS.tmp" "$GPU_RESULTS"
+# (The machine's file is missing on a fresh machine: cat must not fail the pipeline under pipefail,
+# or the tracked lines never arrive and --resume measures again what a past lease measured.)
+{ cat benchmarks/results.jsonl; [ ! -f "$GPU_RESULTS" ] || cat "$GPU_RESULTS"; } | awk 'NF && !seen[$0]++' \
+  >"$GPU_RESULTS.tmp" && mv "$GPU_RESULTS.tmp" "$GPU_RESULTS"
 
 gpu_versions() {
   "$PY" - <<'PY'

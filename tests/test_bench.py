@@ -214,3 +214,14 @@ def test_pack_gpu_data_keeps_what_the_loader_reads(tmp_path):
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "nowhere")], cwd=tmp_path,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nowhere/train.csv" in bad.stderr
+
+
+def test_gpu_env_seeds_a_fresh_machines_results_with_the_tracked_lines(tmp_path):
+    """gpu_env.sh under the scripts' pipefail: --resume must see what earlier leases measured."""
+    machine = tmp_path / "gpu" / "results.jsonl"  # absent, as on a fresh machine
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "GPU_RESULTS": str(machine)}
+    for _ in range(2):  # the second call (a warm machine) must not duplicate lines
+        subprocess.run(["bash", "-c", "set -uo pipefail; source benchmarks/gpu_env.sh"], cwd=REPO, env=env,
+                       check=True, capture_output=True)
+        tracked = [ln for ln in (REPO / "benchmarks" / "results.jsonl").read_text().splitlines() if ln.strip()]
+        assert machine.read_text().splitlines() == list(dict.fromkeys(tracked))
