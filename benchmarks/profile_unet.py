@@ -2,10 +2,12 @@
 
     python benchmarks/profile_unet.py                         # SE-ResNeXt-50, batch 2, CPU
     python benchmarks/profile_unet.py --model tiny --top 20
+    python benchmarks/profile_unet.py --batch 10 --precision bfloat16 --tasks train_step   # a GPU, the fold's step
 
 Runs the train step (the training's own, benchmarks/programs.py) and the eval forward on random
 weights under `jax.profiler.trace`, reads the per-operation events of the Perfetto trace and
-joins them with the compiled HLO (event name = HLO instruction name). Each operation is put in a
+joins them with the compiled HLO (event name, or on a GPU's kernel tracks args.hlo_op, = HLO
+instruction name; unmeasured on a GPU so far). Each operation is put in a
 category from its HLO: a convolution or a fusion around one (YNNPACK's fusions wrap convolutions
 and matmuls) is "conv <k>x<k> forward / input grad / kernel grad", grouped or not; a dot is
 "matmul"; loop fusions are "elementwise" (BatchNorm, ReLU, gating, Adam), copy/transpose fusions
@@ -88,6 +90,14 @@ def category(name: str, instrs: dict, roots: dict) -> str:
         return "matmul (backward)" if backward else "matmul (forward)"
     if op in ("reduce-window", "select-and-scatter"):
         return "max pool"
+    if op == "custom-call":  # GPU libraries: cuDNN convolutions, cuBLAS matmuls
+        target = _attr(rest, "custom_call_target") or ""
+        grouped = " grouped" if _attr(rest, "feature_group_count") else ""
+        for key, what in (("BackwardFilter", "kernel grad"), ("BackwardInput", "input grad"), ("Forward", "forward")):
+            if "cudnn$conv" in target and key in target:
+                return f"conv (cuDNN){grouped} {what}"
+        if "cublas" in target:
+            return "matmul (cuBLAS)"
     return op
 
 
@@ -101,8 +111,15 @@ def profile(program: programs.Program, label: str, top: int) -> str:
     wall_ms = (time.perf_counter() - start) * 1e3
     trace = json.load(gzip.open(sorted(glob.glob(f"{logdir}/**/*.trace.json.gz", recursive=True))[-1]))
     per_cat, count, ops = collections.Counter(), collections.Counter(), []
+    # On a GPU the kernels' own tracks (process "/device:GPU:<n>") time the operations; their
+    # events may carry a kernel's name, with the HLO instruction in args.hlo_op. On a CPU there
+    # are no such tracks and the host's events are the operations.
+    devices = {e["pid"] for e in trace["traceEvents"] if e.get("ph") == "M" and e.get("name") == "process_name"
+               and "/device:GPU" in str(e.get("args", {}).get("name", ""))}
     for e in trace["traceEvents"]:
-        name = e.get("name", "")
+        name = e.get("args", {}).get("hlo_op") or e.get("name", "")
+        if devices and e.get("pid") not in devices:
+            continue
         if e.get("ph") == "X" and name in instrs:
             cat = category(name, instrs, roots)
             per_cat[cat] += e["dur"] / 1e3
@@ -123,6 +140,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="se_resnext50_32x4d", choices=["se_resnext50_32x4d", "se_resnext101_32x4d", "tiny"])
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+                        help="compute dtype (parameters stay float32), as train.py --dtype")
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--tasks", nargs="+", default=["train_step", "inference"], choices=["train_step", "inference"])
     args = parser.parse_args()
@@ -130,12 +149,12 @@ def main() -> None:
     from salt_jax.models import archs
 
     arch = archs.UNET_PREFIX + args.model
-    model = programs.jax_model(args.model)
+    model = programs.jax_model(args.model, args.precision)
     images, masks = programs.synthetic_batch(args.batch)
     build = {"train_step": lambda: programs.jax_train_step(model, images, masks),
              "inference": lambda: programs.jax_inference(model, images)}
-    print(f"{arch} batch {args.batch}, {jax.devices()[0].platform}, jax {jax.__version__}, "
-          f"load {os.getloadavg()[0]:.1f}, grouped conv {os.environ.get('SALT_JAX_GROUPED_CONV', 'default')}\n")
+    print(f"{arch} batch {args.batch}, {args.precision}, {jax.devices()[0].device_kind}, jax {jax.__version__}, "
+          f"load {os.getloadavg()[0]:.1f}, grouped conv {os.environ.get('SALT_JAX_GROUPED_CONV') or 'default'}\n")
     for task in args.tasks:
         print(profile(build[task](), f"{arch} {task}", args.top), "\n", flush=True)
 
