@@ -39,7 +39,9 @@ mv .deps/sdist/pretrainedmodels-0.7.4/pretrainedmodels .deps/ && rm -rf .deps/sd
 
 DATA="${TGS_SALT_DIR:-../shared/tgs_salt}"
 if [ -f "$DATA/train.csv" ]; then
-  "${DATA_PYTHON:-.venv/bin/python}" benchmarks/pack_gpu_data.py "$DATA"
+  # Any Python with numpy and Pillow: the project's venv (`make venv`) where there is one.
+  packer="${DATA_PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo "$PY")}"
+  "$packer" benchmarks/pack_gpu_data.py "$DATA"
 else
   echo "gpu_wheels.sh: no $DATA/train.csv, so no .gpudata (set TGS_SALT_DIR for gpu_fold.sh's data)" >&2
 fi
