@@ -34,7 +34,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's salt_jax
 import programs  # noqa: E402
 
-INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?)\{?[\d,]*\}? (\w[\w-]*)\((.*)$")
+# name = shape opcode(operands...), the shape a tuple "(bf16[..]{..}, u8[0]{0})" for GPU library calls.
+INSTR = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\([^=]*?\)|\S+?)\{?[\d,]*\}? (\w[\w-]*)\((.*)$")
 
 
 def parse_hlo(text: str) -> tuple[dict[str, dict], dict[str, str]]:

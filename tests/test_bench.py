@@ -225,3 +225,34 @@ def test_gpu_env_seeds_a_fresh_machines_results_with_the_tracked_lines(tmp_path)
                        check=True, capture_output=True)
         tracked = [ln for ln in (REPO / "benchmarks" / "results.jsonl").read_text().splitlines() if ln.strip()]
         assert machine.read_text().splitlines() == list(dict.fromkeys(tracked))
+
+
+def test_profile_unet_names_gpu_library_calls():
+    """Hand-written HLO lines of the kinds a GPU program holds: cuDNN convolutions, a cuBLAS gemm."""
+    import profile_unet
+
+    hlo = "\n".join([
+        "ENTRY %main {",
+        '  %fwd = (bf16[10,64,64,128]{3,2,1,0}, u8[0]{0}) custom-call(%x, %k), window={size=3x3 pad=1_1x1_1}, '
+        'feature_group_count=32, custom_call_target="__cudnn$convForward"',
+        '  %dx = (bf16[10,128,128,128]{3,2,1,0}, u8[0]{0}) custom-call(%dy, %k), window={size=3x3 pad=1_1x1_1}, '
+        'custom_call_target="__cudnn$convBackwardInput"',
+        '  %dw = (bf16[3,3,4,128]{3,2,1,0}, u8[0]{0}) custom-call(%x, %dy), window={size=3x3}, '
+        'feature_group_count=32, custom_call_target="__cudnn$convBackwardFilter"',
+        '  ROOT %mm = (f32[64,64]{1,0}, s8[0]{0}) custom-call(%a, %b), custom_call_target="__cublas$lt$matmul"',
+        "}",
+    ])
+    instrs, roots = profile_unet.parse_hlo(hlo)
+    assert [profile_unet.category(n, instrs, roots) for n in ("fwd", "dx", "dw", "mm")] == [
+        "conv (cuDNN) grouped forward", "conv (cuDNN) input grad", "conv (cuDNN) grouped kernel grad", "matmul (cuBLAS)"]
+
+
+@pytest.mark.slow
+def test_profile_unet_accounts_for_the_traced_operations():
+    """A real (CPU) profile of the tiny forward: operations found, shares adding up to 100%."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "profile_unet.py"), "--model", "tiny",
+                          "--tasks", "inference", "--top", "3"], capture_output=True, text=True, check=True).stdout
+    n_ops = int(out.split(" operations")[0].rsplit(" ", 1)[1])
+    shares = [float(line.split("|")[3].strip().rstrip("%")) for line in out.splitlines()
+              if line.startswith("| ") and line.rstrip().endswith("|") and "%" in line]
+    assert n_ops > 50 and abs(sum(shares) - 100) < 0.5, out
