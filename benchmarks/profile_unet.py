@@ -112,16 +112,17 @@ def profile(program: programs.Program, label: str, top: int) -> str:
     wall_ms = (time.perf_counter() - start) * 1e3
     trace = json.load(gzip.open(sorted(glob.glob(f"{logdir}/**/*.trace.json.gz", recursive=True))[-1]))
     per_cat, count, ops = collections.Counter(), collections.Counter(), []
-    # On a GPU the kernels' own tracks (process "/device:GPU:<n>") time the operations; their
-    # events may carry a kernel's name, with the HLO instruction in args.hlo_op. On a CPU there
-    # are no such tracks and the host's events are the operations.
+    # On a GPU the device's tracks (process "/device:GPU:<n>") time the operations, and kernels may
+    # carry a kernel's name with the HLO instruction in args.hlo_op: then only they are counted
+    # (the "XLA Ops" line would count the same time again). A CPU has no such tracks: the host's
+    # events are the operations.
     devices = {e["pid"] for e in trace["traceEvents"] if e.get("ph") == "M" and e.get("name") == "process_name"
                and "/device:GPU" in str(e.get("args", {}).get("name", ""))}
-    for e in trace["traceEvents"]:
-        name = e.get("args", {}).get("hlo_op") or e.get("name", "")
-        if devices and e.get("pid") not in devices:
-            continue
-        if e.get("ph") == "X" and name in instrs:
+    events = [e for e in trace["traceEvents"] if e.get("ph") == "X" and (not devices or e.get("pid") in devices)]
+    kernels = [e for e in events if e.get("args", {}).get("hlo_op") in instrs]
+    for e in kernels or events:
+        name = e["args"]["hlo_op"] if kernels else e.get("name", "")
+        if name in instrs:
             cat = category(name, instrs, roots)
             per_cat[cat] += e["dur"] / 1e3
             count[cat] += 1
