@@ -124,7 +124,7 @@ def xla_flops(program: Program) -> tuple[float | None, str]:
 
     The lowered HLO first: on GPUs the compiled program hands its convolutions to cuDNN as custom
     calls, which XLA's cost analysis counts as zero FLOPs (an H200 run counted 4.9 GFLOP per image
-    of the SE-ResNeXt-50 train step, torch's counter 9.6; docs/BENCHMARKS.md), while the lowered
+    of the SE-ResNeXt-50 train step, its lowered HLO 239.8; docs/BENCHMARKS.md), while the lowered
     HLO is the same program on every backend.
     """
     for source, stage in (("xla_lowered", program.lowered), ("xla_compiled", program.compiled)):

@@ -151,8 +151,8 @@ def run(cfg: TrainConfig) -> RunResult:
             # The epoch as a user waits for it, so that the figures add up to the run: since the
             # previous epoch's record, i.e. its checkpoint (started below, async after awaiting
             # the one before), this epoch's training, validation and best/ export.
-            record["epoch_seconds"] = time.perf_counter() - since_last_record
-            since_last_record = time.perf_counter()
+            now = time.perf_counter()
+            record["epoch_seconds"], since_last_record = now - since_last_record, now
             progress.update(next_epoch=epoch + 1, plateau=dataclasses.asdict(plateau),
                             history=progress["history"] + [record])
             ckpt.save(epoch + 1, state, progress)
