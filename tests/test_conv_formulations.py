@@ -102,7 +102,7 @@ def bf16_round(a: np.ndarray) -> np.ndarray:
 
 
 @needs_torch
-@pytest.mark.parametrize("impl", ["taps", "dense"])
+@pytest.mark.parametrize("impl", ["taps", "dense", "blocks"])
 @pytest.mark.parametrize("encoder,width,groups,stride", grouped_shapes())
 def test_grouped_conv_value_and_grads_float32(encoder, width, groups, stride, impl):
     # 6x6: even like every map of the 128x128 UNet (the stride-2 windows end at the last column).
@@ -115,17 +115,21 @@ def test_grouped_conv_value_and_grads_float32(encoder, width, groups, stride, im
 
 
 @needs_torch
-def test_grouped_conv_taps_odd_size_stride_2():
-    # Off the UNet's path, but the layer is public: an odd map leaves the last input column unread.
-    x, kernel, rng = case(16, 4, size=7)
-    dy = rng.standard_normal((2, 4, 4, 16)).astype(np.float32)
-    expected = torch_reference(x, kernel, dy, 2, 1, 4)
-    got = grouped_value_and_grads("taps", x, kernel, dy, 2, 4, jnp.float32)
+@pytest.mark.parametrize("impl", ["taps", "blocks"])
+@pytest.mark.parametrize("size,stride", [(7, 2), (7, 1), (5, 2)])
+def test_grouped_conv_odd_sizes(impl, size, stride):
+    # Off the UNet's path, but the layer is public: an odd map leaves the last input column
+    # unread at stride 2; at stride 1 the blocks' input gradient is a convolution of dy.
+    x, kernel, rng = case(16, 4, size=size)
+    out = (size - 1) // stride + 1
+    dy = rng.standard_normal((2, out, out, 16)).astype(np.float32)
+    expected = torch_reference(x, kernel, dy, stride, 1, 4)
+    got = grouped_value_and_grads(impl, x, kernel, dy, stride, 4, jnp.float32)
     assert max(rel_err(g, e) for g, e in zip(got, expected)) <= F32_RTOL
 
 
 @needs_torch
-@pytest.mark.parametrize("impl", ["taps", "dense"])
+@pytest.mark.parametrize("impl", ["taps", "dense", "blocks"])
 @pytest.mark.parametrize("width,groups,stride", [(128, 32, 1), (256, 32, 2), (16, 4, 2)])
 def test_grouped_conv_value_and_grads_bfloat16(width, groups, stride, impl):
     """bf16 compute, float32 kernel parameter: against float64 on the bf16-rounded inputs."""
@@ -152,7 +156,7 @@ width, groups, stride = 256, 32, 2
 x, kernel, rng = case(width, groups, size=6)
 x = np.concatenate([x, x[::-1] * 0.5])  # batch 4: two images per device
 dy = rng.standard_normal((4, 3, 3, width)).astype(np.float32)
-conv = GroupedConv(width, width, 3, stride=stride, groups=groups, impl="taps", rngs=nnx.Rngs(0))
+conv = GroupedConv(width, width, 3, stride=stride, groups=groups, impl=sys.argv[2], rngs=nnx.Rngs(0))
 conv.kernel[...] = jnp.asarray(kernel)
 graphdef, state = nnx.split(conv)
 mesh = data_mesh()
@@ -175,11 +179,12 @@ print("ok")
 
 
 @needs_torch
-def test_grouped_conv_taps_under_data_parallel_sharding(tmp_path):
+@pytest.mark.parametrize("impl", ["taps", "blocks"])
+def test_grouped_conv_under_data_parallel_sharding(tmp_path, impl):
     """Batch sharded over 2 fake CPU devices: the kernel gradient sums over both shards."""
     out = tmp_path / "sharded.npz"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(out)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT, str(out), impl], capture_output=True, text=True,
                           timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
     got = np.load(out)
@@ -195,7 +200,7 @@ def test_defaults_and_env_overrides(monkeypatch):
     if jax.default_backend() != "cpu":
         pytest.skip("checks the CPU defaults")
     assert (layers.default_grouped_impl(32), layers.default_conv_impl(), layers.default_conv_transpose_impl()) == (
-        "taps", "matmul", "taps")
+        "blocks", "matmul", "taps")
     assert layers.default_grouped_impl(4) == "dense"  # the tiny encoder's 4 groups
     # Accelerators: the algorithms that won there (grouped: docs/BENCHMARKS.md, H200) or XLA's own.
     with monkeypatch.context() as m:
@@ -337,9 +342,10 @@ def test_unet_gradients_equal_across_formulations():
 
         return nnx.to_flat_state(g(params, rest))
 
-    fast = grads(nnx.view(model, impl="taps", conv_impl="matmul", conv_transpose_impl="taps"))
     plain = grads(nnx.view(model, impl="dense", conv_impl="xla", conv_transpose_impl="xla"))
-    assert [path for path, _ in fast] == [path for path, _ in plain]
-    err = sum(float(jnp.sum(jnp.square(a[...] - b[...]))) for (_, a), (_, b) in zip(fast, plain)) ** 0.5
     norm = sum(float(jnp.sum(jnp.square(b[...]))) for _, b in plain) ** 0.5
-    assert err <= 1e-5 * norm, (err, norm)
+    for grouped in ("taps", "blocks"):
+        fast = grads(nnx.view(model, impl=grouped, conv_impl="matmul", conv_transpose_impl="taps"))
+        assert [path for path, _ in fast] == [path for path, _ in plain]
+        err = sum(float(jnp.sum(jnp.square(a[...] - b[...]))) for (_, a), (_, b) in zip(fast, plain)) ** 0.5
+        assert err <= 1e-5 * norm, (grouped, err, norm)

@@ -8,8 +8,9 @@ changes the numbers of a converted network:
 - `conv` takes PyTorch's symmetric integer padding; 'SAME' pads (2, 3) or (0, 1) on even
   sizes and would shift every output by half a pixel.
 - `GroupedConv` is the one place the grouped 3x3 convolution is computed, so its
-  implementation can be swapped per backend without touching the parameters; its default
-  ("taps") replaces XLA's slow grouped-conv kernel gradient with matmuls.
+  implementation can be swapped per backend without touching the parameters; its CPU default
+  ("blocks") replaces XLA:CPU's slow grouped convolution with dense convolutions over blocks of
+  groups and its kernel gradient with matmuls.
 - `max_pool_ceil` reproduces `MaxPool2d(ceil_mode=True)`.
 """
 
@@ -324,21 +325,24 @@ def _batch_moments(x: Array, valid: Array | None) -> tuple[Array, Array, int | A
     return mean, jnp.sum(jnp.square(x - mean) * w, axis=axes) / n, n
 
 
-GROUPED_IMPLS = ("taps", "native", "dense")
+GROUPED_IMPLS = ("taps", "native", "dense", "blocks")
+BLOCK_GROUPS = 2  # groups per dense block of "blocks": of 1, 2 and 4, 2 was fastest over the encoders' layers
 
 
 def default_grouped_impl(groups: int = 32) -> str:
     """The grouped-conv implementation for a conv of `groups` groups; `SALT_JAX_GROUPED_CONV` overrides.
 
-    CPU: "taps" for the encoders' 32 groups: XLA:CPU's own kernel gradient of a 32-group conv
-    ("native") is ~50x slower than a dense conv (docs/BENCHMARKS.md); "taps" keeps XLA's grouped
-    forward and input gradient and computes the kernel gradient with matmuls. 4 groups or fewer
-    (the tiny encoder) take "dense": the block-diagonal kernel costs only 4x the FLOPs there and
-    its train step measured 12% faster than taps. GPUs (and TPUs, unmeasured): "native", whose
+    CPU: "blocks" for the encoders' 32 groups: XLA:CPU runs a 32-group conv ("native") as a
+    generic loop, its forward and input gradient 5-40x slower than torch's and its kernel gradient
+    ~50x slower than a dense conv (docs/BENCHMARKS.md); "blocks" computes forward and input
+    gradient as dense convolutions over blocks of `BLOCK_GROUPS` groups and the kernel gradient
+    with matmuls ("taps", which keeps XLA's grouped forward, is the formulation before it).
+    4 groups or fewer (the tiny encoder) take "dense": the block-diagonal kernel costs only 4x
+    the FLOPs there and its train step measured 12% faster than taps. GPUs (and TPUs, unmeasured): "native", whose
     cuDNN kernels ran the SE-ResNeXt-50 UNet's bf16 train step fastest on an H200 (batch 32:
     644 images/s, dense 602, taps 484; docs/BENCHMARKS.md).
     """
-    cpu = "dense" if groups <= 4 else "taps"
+    cpu = "dense" if groups <= 4 else "blocks"
     return _choose("SALT_JAX_GROUPED_CONV", GROUPED_IMPLS, cpu, "native")
 
 
@@ -361,7 +365,8 @@ class GroupedConv(nnx.Module):
 
     The parameter is `kernel` of shape (k, k, cin // groups, cout) whatever the `impl`:
     "native" uses XLA's `feature_group_count`, "dense" the block-diagonal dense kernel, "taps"
-    the native forward with `tapwise_kernel_grad` as its kernel gradient.
+    the native forward with `tapwise_kernel_grad` as its kernel gradient, "blocks" dense
+    convolutions over blocks of `BLOCK_GROUPS` groups (`conv2d_blocks`) with that kernel gradient.
     `impl=None` defers to `default_grouped_impl(groups)` at trace time.
     """
 
@@ -400,11 +405,74 @@ class GroupedConv(nnx.Module):
         x = x.astype(self.dtype)
         kernel = self.kernel[...].astype(self.dtype)
         padding = _pairs(self.padding)
+        if impl == "blocks":
+            return conv2d_blocks(x, kernel, self.stride, padding, self.groups, BLOCK_GROUPS)
         if impl == "taps":
             return conv2d_tapwise_grad(x, kernel, self.stride, padding, self.groups, 1)
         if impl == "dense":
             return _conv2d(x, block_diagonal_kernel(kernel, self.groups), self.stride, padding, 1)
         return _conv2d(x, kernel, self.stride, padding, self.groups)
+
+
+def _block_slices(channels: int, blocks: int) -> list[slice]:
+    size = channels // blocks
+    return [slice(j * size, (j + 1) * size) for j in range(blocks)]
+
+
+def _blocks_conv(x: Array, kernel: Array, stride: int, padding: Padding, groups: int, per_block: int,
+                 dilation: int = 1) -> Array:
+    """A grouped convolution as `groups // per_block` dense convolutions, one per block of
+    `per_block` consecutive groups, each with its block's block-diagonal kernel.
+
+    XLA:CPU's grouped convolution is a generic loop, ~40x slower than torch's on the 32-group
+    3x3 convs; its dense convolutions are fast. A block of 2 groups wastes half its FLOPs on
+    zeros and still measured 3-25x faster than the grouped conv (docs/BENCHMARKS.md).
+    """
+    blocks = groups // per_block
+    ins, outs = _block_slices(x.shape[-1], blocks), _block_slices(kernel.shape[-1], blocks)
+    ys = [_conv2d(x[..., i], block_diagonal_kernel(kernel[..., o], per_block), stride, padding, 1, dilation)
+          for i, o in zip(ins, outs)]
+    return jnp.concatenate(ys, axis=-1)
+
+
+def transposed_grouped_kernel(kernel: Array, groups: int) -> Array:
+    """The kernel whose stride-1 convolution with `dy` is the input gradient: each group's
+    (k, k, cin_g, cout_g) kernel flipped in space with its two channel axes swapped."""
+    kh, kw, cin_g, cout = kernel.shape
+    k = jnp.flip(kernel, (0, 1)).reshape(kh, kw, cin_g, groups, cout // groups)
+    return k.transpose(0, 1, 4, 3, 2).reshape(kh, kw, cout // groups, groups * cin_g)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv2d_blocks(x: Array, kernel: Array, stride: int, padding: Padding, groups: int, per_block: int) -> Array:
+    """`_blocks_conv` whose input gradient is computed the same way and whose kernel gradient is
+    `tapwise_kernel_grad`.
+
+    Stride 1: the input gradient is the forward formulation applied to `dy` with
+    `transposed_grouped_kernel` and the complementary padding (XLA's own input gradient of the
+    dense blocks measured 2x slower). Strided: the dense blocks' input gradient (XLA's).
+    """
+    return _blocks_conv(x, kernel, stride, padding, groups, per_block)
+
+
+def _blocks_fwd(x, kernel, stride, padding, groups, per_block):
+    return _blocks_conv(x, kernel, stride, padding, groups, per_block), (x, kernel)
+
+
+def _blocks_bwd(stride, padding, groups, per_block, residuals, dy):
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    (top, bottom), (left, right) = padding
+    if stride == 1:
+        back = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
+        dx = _blocks_conv(dy, transposed_grouped_kernel(kernel, groups), 1, back, groups, per_block)
+    else:
+        _, input_vjp = jax.vjp(lambda x: _blocks_conv(x, kernel, stride, padding, groups, per_block), x)
+        (dx,) = input_vjp(dy)
+    return dx, tapwise_kernel_grad(x, dy, kernel.shape, stride, padding, groups)
+
+
+conv2d_blocks.defvjp(_blocks_fwd, _blocks_bwd)
 
 
 def max_pool_ceil(x: Array, window: int, stride: int) -> Array:

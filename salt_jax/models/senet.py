@@ -121,7 +121,7 @@ class SENet(nnx.Module):
     Args:
       cfg: the architecture numbers (a preset's `senet`, see presets.py).
       num_classes: size of `last_linear`; 0 drops the classifier (encoder only).
-      grouped_impl: "taps" | "native" | "dense" | None (the default, see layers.py).
+      grouped_impl: "blocks" | "taps" | "native" | "dense" | None (the default, see layers.py).
       dtype: compute dtype; parameters and BatchNorm statistics stay float32.
     """
 

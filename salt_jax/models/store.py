@@ -174,7 +174,7 @@ def load(
     Args:
       directory: a saved model directory (a training workdir's best model is `WORKDIR/best`).
       dtype: compute dtype override (e.g. jnp.bfloat16); parameters stay float32.
-      grouped_impl: "taps" | "native" | "dense" override for the grouped convolutions.
+      grouped_impl: "blocks" | "taps" | "native" | "dense" override for the grouped convolutions.
 
     Raises:
       CheckpointError: no checkpoint at `directory` (the message says what was expected), or a

@@ -121,7 +121,7 @@ class SaltUNet(nnx.Module):
       rngs: parameter initialisation.
       dtype: compute dtype (e.g. jnp.bfloat16); parameters and BatchNorm statistics stay
         float32 and both outputs are float32.
-      grouped_impl: grouped-conv implementation, "taps" | "native" | "dense" | None (default).
+      grouped_impl: grouped-conv implementation, "blocks" | "taps" | "native" | "dense" | None (default).
     """
 
     def __init__(
