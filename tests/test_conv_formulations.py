@@ -248,8 +248,19 @@ def layer_value_and_grads(layer, x, dy, dtype=jnp.float32):
 # (in, out, kernel, stride, padding, size): the UNet's plain conv kinds at small sizes. 1x1:
 # bottleneck conv1/conv3, the strided downsample, sSE's and the final 1-channel convs;
 # 3x3: decoder and center convs; 7x7: the stem (3 input channels, stays XLA's).
+# 3x3 "matmul": (96, 64) and (40, 24) have kernels larger than their maps (conv2d_taps),
+# (8, 4) at 6x6 and the stride-2 one do not (XLA's convolution with the tap-wise kernel gradient).
 PLAIN_CONVS = [(64, 128, 1, 1, 0, 6), (256, 512, 1, 2, 0, 6), (64, 1, 1, 1, 0, 6), (96, 64, 3, 1, 1, 6),
-               (40, 24, 3, 1, 1, 5), (3, 16, 7, 1, 3, 8)]
+               (40, 24, 3, 1, 1, 5), (8, 4, 3, 1, 1, 6), (16, 8, 3, 2, 1, 6), (3, 16, 7, 1, 3, 8)]
+
+
+def test_kernel_outweighs_map_picks_the_cases_above():
+    assert layers.kernel_outweighs_map((2, 6, 6, 96), (3, 3, 96, 64))  # 9 * 64 > 2 * 6 * 6
+    assert layers.kernel_outweighs_map((2, 5, 5, 40), (3, 3, 40, 24))
+    assert not layers.kernel_outweighs_map((2, 6, 6, 8), (3, 3, 8, 4))  # 36 < 72
+    # The 50's decoder at batch 2: 2560->512 at 16x16 takes the taps, 576->256 at 64x64 does not.
+    assert layers.kernel_outweighs_map((2, 16, 16, 2560), (3, 3, 2560, 512))
+    assert not layers.kernel_outweighs_map((2, 64, 64, 576), (3, 3, 576, 256))
 
 
 @needs_torch
@@ -294,6 +305,7 @@ def test_matmul_formulations_in_bfloat16():
     rng = np.random.default_rng(3)
     cases = [(layers.conv(64, 32, 1, stride=2, use_bias=True, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), False, 2, 0, 64, 32, 1),
              (layers.conv(48, 32, 3, padding=1, use_bias=True, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), False, 1, 1, 48, 32, 3),
+             (layers.conv(8, 4, 3, padding=1, use_bias=True, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), False, 1, 1, 8, 4, 3),
              (layers.conv_transpose(32, 16, 4, stride=2, padding=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), True, 2, 1, 32, 16, 4)]
     for layer, transposed, stride, padding, cin, cout, k in cases:
         layer.impl = "taps" if transposed else "matmul"

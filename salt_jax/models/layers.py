@@ -94,6 +94,61 @@ def _tapwise_bwd(stride, padding, groups, dilation, residuals, dy):
 conv2d_tapwise_grad.defvjp(_tapwise_fwd, _tapwise_bwd)
 
 
+def _shifted(xp: Array, a: int, b: int, ho: int, wo: int) -> Array:
+    return jax.lax.slice(xp, (0, a, b, 0), (xp.shape[0], a + ho, b + wo, xp.shape[3]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d_taps(x: Array, kernel: Array, padding: Padding) -> Array:
+    """A stride-1 convolution as one matmul per kernel tap, for maps smaller than the kernel.
+
+    Output = sum over taps (a, b) of the shifted padded input times kernel[a, b]; the input
+    gradient = sum over taps of dy times kernel[a, b] transposed, each added at its offset
+    into the padded frame; the kernel gradient is `tapwise_kernel_grad`. XLA's convolution
+    computes its input gradient with a flipped, transposed copy of the kernel, which costs more
+    than the convolution where the kernel outweighs the map (the decoder's 16- and 8-pixel
+    stages: 2560->512 at 16x16, input gradient 148 ms against 60 ms; docs/BENCHMARKS.md).
+    """
+    return _taps_forward(x, kernel, padding)
+
+
+def _taps_forward(x, kernel, padding):
+    (top, bottom), (left, right) = padding
+    kh, kw = kernel.shape[:2]
+    xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+    y = sum(jnp.einsum("nhwi,io->nhwo", _shifted(xp, a, b, ho, wo), kernel[a, b], preferred_element_type=jnp.float32)
+            for a in range(kh) for b in range(kw))
+    return y.astype(x.dtype)  # the nine partial sums added in float32, as one convolution would
+
+
+def _taps_fwd(x, kernel, padding):
+    return _taps_forward(x, kernel, padding), (x, kernel)
+
+
+def _taps_bwd(padding, residuals, dy):
+    x, kernel = residuals
+    (top, bottom), (left, right) = padding
+    kh, kw = kernel.shape[:2]
+    n, ho, wo, _ = dy.shape
+    hp, wp = ho + kh - 1, wo + kw - 1  # the padded input's size
+    zero = jnp.zeros((), jnp.float32)
+    dxp = sum(jax.lax.pad(jnp.einsum("nhwo,io->nhwi", dy, kernel[a, b], preferred_element_type=jnp.float32), zero,
+                          ((0, 0, 0), (a, hp - ho - a, 0), (b, wp - wo - b, 0), (0, 0, 0)))
+              for a in range(kh) for b in range(kw))
+    dx = dxp[:, top:hp - bottom, left:wp - right].astype(dy.dtype)
+    return dx, tapwise_kernel_grad(x, dy, kernel.shape, 1, padding, 1)
+
+
+conv2d_taps.defvjp(_taps_fwd, _taps_bwd)
+
+
+def kernel_outweighs_map(x_shape, kernel_shape) -> bool:
+    """True where a 3x3 kernel has more entries than its input map (9 * cout > n * h * w)."""
+    n, h, w, _ = x_shape
+    return kernel_shape[0] * kernel_shape[1] * kernel_shape[3] > n * h * w
+
+
 CONV_IMPLS = ("matmul", "xla")
 CONV_TRANSPOSE_IMPLS = ("taps", "xla")
 
@@ -133,7 +188,8 @@ class Conv(nnx.Conv):
 
     "xla": nnx.Conv's convolution. "matmul": a 1x1 kernel is one matmul (after the stride's
     subsampling); a 3x3 kernel keeps XLA's forward and input gradient and takes its kernel
-    gradient from `tapwise_kernel_grad`; larger kernels (the 7x7 stem, 3 input channels, whose
+    gradient from `tapwise_kernel_grad`, except at stride 1 where the kernel outweighs the map
+    (`kernel_outweighs_map`), where it is `conv2d_taps` throughout; larger kernels (the 7x7 stem, 3 input channels, whose
     49 skinny matmuls measured slower) stay XLA's. `impl=None` defers to `default_conv_impl()`.
     """
 
@@ -157,6 +213,8 @@ class Conv(nnx.Conv):
         s = self.strides[0]
         if k == 1:  # padding 0: output pixel (i, j) reads input pixel (s*i, s*j)
             y = jnp.einsum("nhwi,io->nhwo", x[:, ::s, ::s], kernel[0, 0])
+        elif s == 1 and kernel_outweighs_map(x.shape, kernel.shape):
+            y = conv2d_taps(x, kernel, self.padding)
         else:
             y = conv2d_tapwise_grad(x, kernel, s, self.padding, 1, 1)
         return y if self.bias is None else y + self.bias[...].astype(self.dtype)
