@@ -90,6 +90,22 @@ def test_upsampling_is_torch_bilinear_align_corners_false(factor):
 
 
 @needs_torch
+@pytest.mark.parametrize("factor,size", [(2, (4, 5)), (4, (1, 3)), (8, (3, 2))])
+def test_upsampling_gradient_is_torch_autograd(factor, size):
+    """The hand-written adjoint against torch's autograd in float64 (a 1-pixel side included:
+    both its neighbours are the edge). float32 sums of at most 2 * factor terms: 1e-5."""
+    rng = np.random.default_rng(factor)
+    x = rng.standard_normal((2, *size, 3)).astype(np.float32)
+    dy = rng.standard_normal((2, size[0] * factor, size[1] * factor, 3)).astype(np.float32)
+    xt = torch.tensor(x.transpose(0, 3, 1, 2), dtype=torch.float64, requires_grad=True)
+    y = torch.nn.functional.interpolate(xt, scale_factor=factor, mode="bilinear", align_corners=False)
+    y.backward(torch.tensor(dy.transpose(0, 3, 1, 2), dtype=torch.float64))
+    _, vjp = jax.vjp(lambda x: upsample_bilinear(x, factor), jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(dy))[0]), xt.grad.numpy().transpose(0, 2, 3, 1),
+                               rtol=1e-5, atol=1e-5)
+
+
+@needs_torch
 def test_closed_gate_leaves_only_the_final_bias(tiny):
     """p = 0 zeroes the whole hypercolumn, so every mask logit is the final conv's bias."""
     saved = tiny.classifier.bias[...], tiny.final.bias[...]
