@@ -200,7 +200,7 @@ def test_defaults_and_env_overrides(monkeypatch):
     if jax.default_backend() != "cpu":
         pytest.skip("checks the CPU defaults")
     assert (layers.default_grouped_impl(32), layers.default_conv_impl(), layers.default_conv_transpose_impl()) == (
-        "blocks", "matmul", "taps")
+        "blocks", "matmul", "phases")
     assert layers.default_grouped_impl(4) == "dense"  # the tiny encoder's 4 groups
     # Accelerators: the algorithms that won there (grouped: docs/BENCHMARKS.md, H200) or XLA's own.
     with monkeypatch.context() as m:
@@ -282,19 +282,23 @@ def test_conv_value_and_grads_float32(cin, cout, k, stride, padding, size, impl)
 
 
 @needs_torch
-@pytest.mark.parametrize("impl", ["taps", "xla"])
-@pytest.mark.parametrize("cin,cout,size", [(48, 16, 4), (24, 8, 5)])
-def test_conv_transpose_value_and_grads_float32(cin, cout, size, impl):
-    """torch ConvTranspose2d(k=4, s=2, p=1), the decoder's upsampling."""
-    layer = layers.conv_transpose(cin, cout, 4, stride=2, padding=1, dtype=jnp.float32, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("impl", ["phases", "taps", "xla"])
+@pytest.mark.parametrize("cin,cout,size,k,stride,padding", [(48, 16, 4, 4, 2, 1), (24, 8, 5, 4, 2, 1), (12, 8, 3, 3, 2, 1),
+                                                            (12, 8, 4, 6, 2, 2), (8, 4, 1, 4, 2, 1)])
+def test_conv_transpose_value_and_grads_float32(cin, cout, size, k, stride, padding, impl):
+    """torch ConvTranspose2d(k=4, s=2, p=1), the decoder's upsampling, and others: (3, 2, 1)'s
+    output (2 * size - 1) is not stride x the input, so "phases" falls back to the taps; (6, 2, 2)
+    has 3 taps per phase and axis; a 1x1 map has every tap on the border."""
+    layer = layers.conv_transpose(cin, cout, k, stride=stride, padding=padding, dtype=jnp.float32, rngs=nnx.Rngs(0))
     layer.impl = impl
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, size, size, cin)).astype(np.float32)
-    kernel = (rng.standard_normal((4, 4, cout, cin)) / np.sqrt(4 * cin)).astype(np.float32)
+    kernel = (rng.standard_normal((k, k, cout, cin)) / np.sqrt(k * cin)).astype(np.float32)
     bias = rng.standard_normal(cout).astype(np.float32)
     layer.kernel[...], layer.bias[...] = jnp.asarray(kernel), jnp.asarray(bias)
-    dy = rng.standard_normal((2, 2 * size, 2 * size, cout)).astype(np.float32)
-    expected = torch_conv_reference(x, kernel, bias, dy, 2, 1, transposed=True)
+    out = (size - 1) * stride + k - 2 * padding
+    dy = rng.standard_normal((2, out, out, cout)).astype(np.float32)
+    expected = torch_conv_reference(x, kernel, bias, dy, stride, padding, transposed=True)
     for name, g, e in zip(("value", "input grad", "kernel grad", "bias grad"), layer_value_and_grads(layer, x, dy), expected):
         assert rel_err(g, e) <= F32_RTOL, name
 
@@ -303,12 +307,14 @@ def test_conv_transpose_value_and_grads_float32(cin, cout, size, impl):
 def test_matmul_formulations_in_bfloat16():
     """bf16 compute, float32 parameters: against float64 on the bf16-rounded inputs."""
     rng = np.random.default_rng(3)
+    # (layer, its transposed-conv impl or False for a conv, stride, padding, cin, cout, k)
     cases = [(layers.conv(64, 32, 1, stride=2, use_bias=True, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), False, 2, 0, 64, 32, 1),
              (layers.conv(48, 32, 3, padding=1, use_bias=True, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), False, 1, 1, 48, 32, 3),
              (layers.conv(8, 4, 3, padding=1, use_bias=True, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), False, 1, 1, 8, 4, 3),
-             (layers.conv_transpose(32, 16, 4, stride=2, padding=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), True, 2, 1, 32, 16, 4)]
+             (layers.conv_transpose(32, 16, 4, stride=2, padding=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), "taps", 2, 1, 32, 16, 4),
+             (layers.conv_transpose(32, 16, 4, stride=2, padding=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), "phases", 2, 1, 32, 16, 4)]
     for layer, transposed, stride, padding, cin, cout, k in cases:
-        layer.impl = "taps" if transposed else "matmul"
+        layer.impl = transposed or "matmul"
         x = bf16_round(rng.standard_normal((2, 6, 6, cin)).astype(np.float32))
         shape = (k, k, cout, cin) if transposed else (k, k, cin, cout)
         kernel = bf16_round((rng.standard_normal(shape) / np.sqrt(k * k * cin)).astype(np.float32))
@@ -316,7 +322,7 @@ def test_matmul_formulations_in_bfloat16():
         layer.kernel[...], layer.bias[...] = jnp.asarray(kernel), jnp.asarray(bias)
         out = 12 if transposed else (6 + 2 * padding - k) // stride + 1
         dy = bf16_round(rng.standard_normal((2, out, out, cout)).astype(np.float32))
-        expected = torch_conv_reference(x, kernel, bias, dy, stride, padding, transposed)
+        expected = torch_conv_reference(x, kernel, bias, dy, stride, padding, bool(transposed))
         got = layer_value_and_grads(layer, x, dy, jnp.bfloat16)
         for name, g, e in zip(("value", "input grad", "kernel grad"), got, expected):
             assert rel_err(g, e) <= BF16_RTOL, (type(layer).__name__, name)
@@ -356,8 +362,8 @@ def test_unet_gradients_equal_across_formulations():
 
     plain = grads(nnx.view(model, impl="dense", conv_impl="xla", conv_transpose_impl="xla"))
     norm = sum(float(jnp.sum(jnp.square(b[...]))) for _, b in plain) ** 0.5
-    for grouped in ("taps", "blocks"):
-        fast = grads(nnx.view(model, impl=grouped, conv_impl="matmul", conv_transpose_impl="taps"))
+    for grouped, transposed in (("taps", "taps"), ("blocks", "phases")):
+        fast = grads(nnx.view(model, impl=grouped, conv_impl="matmul", conv_transpose_impl=transposed))
         assert [path for path, _ in fast] == [path for path, _ in plain]
         err = sum(float(jnp.sum(jnp.square(a[...] - b[...]))) for (_, a), (_, b) in zip(fast, plain)) ** 0.5
         assert err <= 1e-5 * norm, (grouped, err, norm)

@@ -150,7 +150,7 @@ def kernel_outweighs_map(x_shape, kernel_shape) -> bool:
 
 
 CONV_IMPLS = ("matmul", "xla")
-CONV_TRANSPOSE_IMPLS = ("taps", "xla")
+CONV_TRANSPOSE_IMPLS = ("phases", "taps", "xla")
 
 
 def _choose(env: str, impls: tuple[str, ...], cpu_default: str, other_default: str) -> str:
@@ -174,8 +174,13 @@ def default_conv_impl() -> str:
 
 
 def default_conv_transpose_impl() -> str:
-    """Transposed convolutions: "taps" on CPU, "xla" elsewhere; `SALT_JAX_CONV_TRANSPOSE` overrides."""
-    return _choose("SALT_JAX_CONV_TRANSPOSE", CONV_TRANSPOSE_IMPLS, "taps", "xla")
+    """Transposed convolutions: "phases" on CPU, "xla" elsewhere; `SALT_JAX_CONV_TRANSPOSE` overrides.
+
+    "phases" (`conv_transpose_phases`) skips the zeros that "taps" (a convolution of the
+    zero-dilated input) multiplies: the SE-ResNeXt-50 UNet's CPU train step took 10% less
+    (docs/BENCHMARKS.md). A layer whose output is not stride x its input falls back to "taps".
+    """
+    return _choose("SALT_JAX_CONV_TRANSPOSE", CONV_TRANSPOSE_IMPLS, "phases", "xla")
 
 
 def _check_impl(impl: str | None, impls: tuple[str, ...]) -> None:
@@ -266,6 +271,35 @@ def example_weights(valid: Array):
         _EXAMPLE_WEIGHTS.reset(token)
 
 
+def conv_transpose_phases(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+    """torch's `ConvTranspose2d(k, stride, padding)` where k - 2 * padding = stride (output =
+    stride x the input), as `stride**2` output phases, each a sum of tap matmuls on the input.
+
+    Output pixel o = stride * i + a - padding for input pixel i and kernel tap a, so output
+    phase r = o mod stride meets only the taps a = r + padding (mod stride), at input
+    i = o // stride + (r + padding - a) / stride. The transposed conv as a convolution of the
+    zero-dilated input ("taps") multiplies zeros in 3 of 4 products at stride 2 and copies the
+    dilated input once per tap for its kernel gradient; here every product counts.
+    kernel: (k, k, out, in), tap [a, b] torch's weight[:, :, a, b] transposed.
+    """
+    k = kernel.shape[0]
+    n, h, w, _ = x.shape
+    taps = [[(a, (r + padding - a) // stride) for a in range(k) if (r + padding - a) % stride == 0]
+            for r in range(stride)]
+    offsets = [d for phase in taps for _, d in phase]
+    lo, hi = max(0, -min(offsets)), max(0, max(offsets))
+    xp = jnp.pad(x, ((0, 0), (lo, hi), (lo, hi), (0, 0)))
+    rows = []
+    for r in range(stride):
+        cols = []
+        for t in range(stride):
+            cols.append(sum(jnp.einsum("nhwi,oi->nhwo", _shifted(xp, lo + di, lo + dj, h, w), kernel[a, b],
+                                       preferred_element_type=jnp.float32)
+                            for a, di in taps[r] for b, dj in taps[t]).astype(x.dtype))
+        rows.append(jnp.stack(cols, axis=3))  # (n, h, w, t, out)
+    return jnp.stack(rows, axis=2).reshape(n, h * stride, w * stride, kernel.shape[2])
+
+
 class ConvTranspose(nnx.ConvTranspose):
     """nnx.ConvTranspose with `transpose_kernel=True` (its parameters) and a choice of algorithm.
 
@@ -273,6 +307,7 @@ class ConvTranspose(nnx.ConvTranspose):
     the stride-dilated input with the flipped, transposed kernel (what `lax.conv_transpose`
     computes), whose kernel gradient is `tapwise_kernel_grad`: XLA:CPU's own kernel gradient
     of a transposed convolution was the slowest operation of the UNet's train step.
+    "phases": `conv_transpose_phases`, tap matmuls per output phase on the undilated input.
     `impl=None` defers to `default_conv_transpose_impl()`.
     """
 
@@ -281,6 +316,11 @@ class ConvTranspose(nnx.ConvTranspose):
         super().__init__(*args, transpose_kernel=True, **kwargs)
         self.impl = impl
 
+    @property
+    def torch_padding(self) -> int:
+        """torch's `padding` p: this layer pads the dilated input by k - 1 - p (`conv_transpose`)."""
+        return self.kernel_size[0] - 1 - self.padding[0][0]
+
     def set_view(self, conv_transpose_impl: str | None = None) -> None:
         """Hook of `nnx.view(model, conv_transpose_impl=...)`."""
         if conv_transpose_impl is not None:
@@ -288,9 +328,15 @@ class ConvTranspose(nnx.ConvTranspose):
             self.impl = conv_transpose_impl
 
     def __call__(self, x: Array) -> Array:
-        if (self.impl or default_conv_transpose_impl()) == "xla":
+        impl = self.impl or default_conv_transpose_impl()
+        if impl == "phases" and self.kernel_size[0] - 2 * self.torch_padding != self.strides[0]:
+            impl = "taps"  # the phases need an output of exactly stride x the input
+        if impl == "xla":
             return super().__call__(x)
         x = x.astype(self.dtype)
+        if impl == "phases":
+            y = conv_transpose_phases(x, self.kernel[...].astype(self.dtype), self.strides[0], self.torch_padding)
+            return y if self.bias is None else y + self.bias[...].astype(self.dtype)
         # (k, k, out, in) -> flipped (k, k, in, out): the kernel lax.conv_transpose convolves with.
         kernel = jnp.swapaxes(jnp.flip(self.kernel[...], (0, 1)), 2, 3).astype(self.dtype)
         y = conv2d_tapwise_grad(x, kernel, 1, self.padding, 1, self.strides[0])
