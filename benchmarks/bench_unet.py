@@ -14,7 +14,8 @@ each appended to benchmarks/results.jsonl (benchmarks/records.py's schema):
               augmentation (the original augmented in its DataLoader workers).
 Figures are the median of `--repeats` timed calls after one untimed (compiling) call, each
 call synchronised with the device; the frameworks and variants are called in turn (one call
-each, then again), so a drifting machine load hits them alike.
+each, then again), so a drifting machine load hits them alike, each timed call after `--settle`
+untimed ones of its own (a call right after the other framework's ran slower).
 JAX variants (`--variants`): "default", the library's convolution formulations for this
 backend; "xla", every convolution XLA's own with the block-diagonal grouped conv (the CPU
 default before issue 11); "taps", the default with the grouped convs on "taps" (XLA's grouped
@@ -57,6 +58,9 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--variants", nargs="+", default=["default"], choices=list(JAX_VARIANTS))
     parser.add_argument("--no-torch", action="store_true", help="JAX only (e.g. on a GPU machine)")
+    parser.add_argument("--settle", type=int, default=1,
+                        help="untimed calls before each timed one, so none directly follows the other "
+                             "framework's (timing.timed_alternating; 0: the alternation before 2026-11-26)")
     parser.add_argument("--out", type=pathlib.Path, default=records.RESULTS)
     args = parser.parse_args()
 
@@ -95,10 +99,11 @@ def main() -> None:
             task: programs.torch_program(t_model, images, masks, task=task, variant="eager") for task in args.tasks}
 
     for task in args.tasks:
-        times = timed_alternating({key: tasks[task].blocking for key, tasks in runs.items()}, args.repeats)
+        times = timed_alternating({key: tasks[task].blocking for key, tasks in runs.items()}, args.repeats,
+                                  settle=args.settle)
         for (framework, variant, precision), t in times.items():
             line = records.record(task, framework=framework, batch=args.batch, timing=t, model=arch, variant=variant,
-                                  precision=precision, alternating=True, compile_s=runs[(framework, variant, precision)][task].compile_s)
+                                  precision=precision, alternating=True, settle=args.settle, compile_s=runs[(framework, variant, precision)][task].compile_s)
             print(json.dumps(line), flush=True)
             records.append(line, args.out)
 

@@ -39,11 +39,15 @@ def timed(fn: Callable[[], object], repeats: int, *, warmup: int = 1, iters: int
 
 
 def timed_alternating(fns: dict[str, Callable[[], object]], repeats: int, *, warmup: int = 1, iters: int = 1,
-                      sync: Callable[[], object] = _no_sync) -> dict[str, dict[str, float]]:
+                      sync: Callable[[], object] = _no_sync, settle: int = 0) -> dict[str, dict[str, float]]:
     """`timed` for several functions, their windows in turn (a, b, c, a, b, c, ...), per name.
 
     On a shared machine the load drifts: alternating exposes every function to the same drift,
     so their ratios hold even when the absolute figures do not.
+    settle: untimed calls of a function right before each of its windows, so that no window
+    starts right after another function's. On the 2-core CPU a JAX train step that directly
+    followed a torch one took 8.6-10.2 s against 5.8-6.0 s after a JAX one (torch after JAX:
+    3.8-3.9 s against 3.4-3.5 s; docs/BENCHMARKS.md), whatever torch leaves behind lasting one call.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -52,6 +56,9 @@ def timed_alternating(fns: dict[str, Callable[[], object]], repeats: int, *, war
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            for _ in range(settle):
+                fn()
+            sync()
             start = time.perf_counter()
             for _ in range(iters):
                 fn()

@@ -61,6 +61,9 @@ def test_timed_alternating_interleaves_the_windows(monkeypatch):
     order = []
     timing.timed_alternating({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 2, warmup=1)
     assert order == ["a", "b"] * 3
+    order.clear()
+    timing.timed_alternating({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 2, warmup=1, settle=1)
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] * 2  # each timed call follows an untimed one of its own
 
 
 def test_record_has_the_schema_and_derives_images_per_s():
