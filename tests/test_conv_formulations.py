@@ -283,8 +283,9 @@ def test_conv_value_and_grads_float32(cin, cout, k, stride, padding, size, impl)
 
 @needs_torch
 @pytest.mark.parametrize("impl", ["phases", "taps", "xla"])
-@pytest.mark.parametrize("cin,cout,size,k,stride,padding", [(48, 16, 4, 4, 2, 1), (24, 8, 5, 4, 2, 1), (12, 8, 3, 3, 2, 1),
-                                                            (12, 8, 4, 6, 2, 2), (8, 4, 1, 4, 2, 1)])
+@pytest.mark.parametrize("cin,cout,size,k,stride,padding", [(48, 16, 4, 4, 2, 1), (24, 8, 5, 4, 2, 1),
+                                                            (12, 8, 3, 3, 2, 1), (12, 8, 4, 6, 2, 2),
+                                                            (8, 4, 1, 4, 2, 1)])
 def test_conv_transpose_value_and_grads_float32(cin, cout, size, k, stride, padding, impl):
     """torch ConvTranspose2d(k=4, s=2, p=1), the decoder's upsampling, and others: (3, 2, 1)'s
     output (2 * size - 1) is not stride x the input, so "phases" falls back to the taps; (6, 2, 2)
@@ -311,8 +312,8 @@ def test_matmul_formulations_in_bfloat16():
     cases = [(layers.conv(64, 32, 1, stride=2, use_bias=True, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), False, 2, 0, 64, 32, 1),
              (layers.conv(48, 32, 3, padding=1, use_bias=True, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), False, 1, 1, 48, 32, 3),
              (layers.conv(8, 4, 3, padding=1, use_bias=True, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), False, 1, 1, 8, 4, 3),
-             (layers.conv_transpose(32, 16, 4, stride=2, padding=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), "taps", 2, 1, 32, 16, 4),
-             (layers.conv_transpose(32, 16, 4, stride=2, padding=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), "phases", 2, 1, 32, 16, 4)]
+             *[(layers.conv_transpose(32, 16, 4, stride=2, padding=1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)),
+                impl, 2, 1, 32, 16, 4) for impl in ("taps", "phases")]]
     for layer, transposed, stride, padding, cin, cout, k in cases:
         layer.impl = transposed or "matmul"
         x = bf16_round(rng.standard_normal((2, 6, 6, cin)).astype(np.float32))

@@ -144,7 +144,8 @@ conv2d_taps.defvjp(_taps_fwd, _taps_bwd)
 
 
 def kernel_outweighs_map(x_shape, kernel_shape) -> bool:
-    """True where a 3x3 kernel has more entries than its input map (9 * cout > n * h * w)."""
+    """True where a (k, k, cin, cout) kernel has more entries than its input map (n, h, w, cin):
+    k * k * cout > n * h * w."""
     n, h, w, _ = x_shape
     return kernel_shape[0] * kernel_shape[1] * kernel_shape[3] > n * h * w
 
@@ -194,8 +195,9 @@ class Conv(nnx.Conv):
     "xla": nnx.Conv's convolution. "matmul": a 1x1 kernel is one matmul (after the stride's
     subsampling); a 3x3 kernel keeps XLA's forward and input gradient and takes its kernel
     gradient from `tapwise_kernel_grad`, except at stride 1 where the kernel outweighs the map
-    (`kernel_outweighs_map`), where it is `conv2d_taps` throughout; larger kernels (the 7x7 stem, 3 input channels, whose
-    49 skinny matmuls measured slower) stay XLA's. `impl=None` defers to `default_conv_impl()`.
+    (`kernel_outweighs_map`), where it is `conv2d_taps` throughout; larger kernels (the 7x7
+    stem, 3 input channels, whose 49 skinny matmuls measured slower) stay XLA's. `impl=None`
+    defers to `default_conv_impl()`.
     """
 
     def __init__(self, *args, impl: str | None = None, **kwargs):
@@ -442,8 +444,8 @@ def default_grouped_impl(groups: int = 32) -> str:
     gradient as dense convolutions over blocks of `BLOCK_GROUPS` groups and the kernel gradient
     with matmuls ("taps", which keeps XLA's grouped forward, is the formulation before it).
     4 groups or fewer (the tiny encoder) take "dense": the block-diagonal kernel costs only 4x
-    the FLOPs there and its train step measured 12% faster than taps. GPUs (and TPUs, unmeasured): "native", whose
-    cuDNN kernels ran the SE-ResNeXt-50 UNet's bf16 train step fastest on an H200 (batch 32:
+    the FLOPs there and its train step measured 12% faster than taps. GPUs (and TPUs,
+    unmeasured): "native", whose cuDNN kernels ran the SE-ResNeXt-50 UNet's bf16 train step fastest on an H200 (batch 32:
     644 images/s, dense 602, taps 484; docs/BENCHMARKS.md).
     """
     cpu = "dense" if groups <= 4 else "blocks"
@@ -523,8 +525,7 @@ def _block_slices(channels: int, blocks: int) -> list[slice]:
     return [slice(j * size, (j + 1) * size) for j in range(blocks)]
 
 
-def _blocks_conv(x: Array, kernel: Array, stride: int, padding: Padding, groups: int, per_block: int,
-                 dilation: int = 1) -> Array:
+def _blocks_conv(x: Array, kernel: Array, stride: int, padding: Padding, groups: int, per_block: int) -> Array:
     """A grouped convolution as `groups // per_block` dense convolutions, one per block of
     `per_block` consecutive groups, each with its block's block-diagonal kernel.
 
@@ -534,7 +535,7 @@ def _blocks_conv(x: Array, kernel: Array, stride: int, padding: Padding, groups:
     """
     blocks = groups // per_block
     ins, outs = _block_slices(x.shape[-1], blocks), _block_slices(kernel.shape[-1], blocks)
-    ys = [_conv2d(x[..., i], block_diagonal_kernel(kernel[..., o], per_block), stride, padding, 1, dilation)
+    ys = [_conv2d(x[..., i], block_diagonal_kernel(kernel[..., o], per_block), stride, padding, 1)
           for i, o in zip(ins, outs)]
     return jnp.concatenate(ys, axis=-1)
 

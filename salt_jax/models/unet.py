@@ -19,7 +19,8 @@ salt_prob (N, 1)), both float32. Shapes below are for the SE-ResNeXt widths (cha
 
 DecoderBlock = conv3x3 (bias) -> BN -> ReLU -> ConvTranspose(k4, s2, p1) -> ReLU. Upsampling is
 bilinear with align_corners=False (torch `F.interpolate`), what `jax.image.resize` computes when
-enlarging (`upsample_bilinear` computes it as per-phase blends). The gate is soft and not detached, identical in train and eval.
+enlarging (`upsample_bilinear` computes it as per-phase blends). The gate is soft and not
+detached, identical in train and eval.
 
 Module names follow the original's state_dict where that reads well (`center1`, `dec5`,
 `classifier`, `final`); the encoder keeps Cadene's names (`encoder.layer0.conv1`,
@@ -116,6 +117,8 @@ def upsample_bilinear(x: Array, factor: int) -> Array:
     `jax.image.resize` computes the same with dense interpolation matrices, whose transposes made
     the x8 hypercolumn upsampling 2x slower on a CPU, forward and backward (docs/BENCHMARKS.md).
     """
+    if factor == 1:
+        return x
     return _upsample_axis(_upsample_axis(x, factor, 1), factor, 2)
 
 
