@@ -56,9 +56,10 @@ def timed_alternating(fns: dict[str, Callable[[], object]], repeats: int, *, war
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            for _ in range(settle):
-                fn()
-            sync()
+            if settle:
+                for _ in range(settle):
+                    fn()
+                sync()
             start = time.perf_counter()
             for _ in range(iters):
                 fn()
