@@ -44,6 +44,12 @@ def _conv2d(x: Array, kernel: Array, stride: int, padding: Padding, groups: int,
     )  # fmt: skip
 
 
+def _shifted(xp: Array, a: int, b: int, ho: int, wo: int, stride: int = 1) -> Array:
+    """The (ho, wo) window of the padded input that kernel tap (a, b) reads, every `stride` pixels."""
+    end = (xp.shape[0], a + (ho - 1) * stride + 1, b + (wo - 1) * stride + 1, xp.shape[3])
+    return jax.lax.slice(xp, (0, a, b, 0), end, (1, stride, stride, 1))
+
+
 def tapwise_kernel_grad(x: Array, dy: Array, kernel_shape, stride: int, padding: Padding, groups: int,
                         dilation: int = 1) -> Array:
     """The kernel gradient of `_conv2d(x, kernel, ...)` given the output cotangent `dy`.
@@ -56,7 +62,6 @@ def tapwise_kernel_grad(x: Array, dy: Array, kernel_shape, stride: int, padding:
     """
     kh, kw, cin_g, cout = kernel_shape
     n, ho, wo, _ = dy.shape
-    s = stride
     (top, bottom), (left, right) = padding
     zero = jnp.zeros((), x.dtype)
     xp = jax.lax.pad(x, zero, ((0, 0, 0), (top, bottom, dilation - 1), (left, right, dilation - 1), (0, 0, 0)))
@@ -64,8 +69,7 @@ def tapwise_kernel_grad(x: Array, dy: Array, kernel_shape, stride: int, padding:
     taps = []
     for a in range(kh):
         for b in range(kw):
-            end = (n, a + (ho - 1) * s + 1, b + (wo - 1) * s + 1, xp.shape[3])
-            shifted = jax.lax.slice(xp, (0, a, b, 0), end, (1, s, s, 1)).reshape(n, ho, wo, groups, cin_g)
+            shifted = _shifted(xp, a, b, ho, wo, stride).reshape(n, ho, wo, groups, cin_g)
             taps.append(jnp.einsum("nhwgi,nhwgo->igo", shifted, dy_g, preferred_element_type=jnp.float32))
     return jnp.stack(taps).reshape(kernel_shape).astype(dy.dtype)
 
@@ -92,10 +96,6 @@ def _tapwise_bwd(stride, padding, groups, dilation, residuals, dy):
 
 
 conv2d_tapwise_grad.defvjp(_tapwise_fwd, _tapwise_bwd)
-
-
-def _shifted(xp: Array, a: int, b: int, ho: int, wo: int) -> Array:
-    return jax.lax.slice(xp, (0, a, b, 0), (xp.shape[0], a + ho, b + wo, xp.shape[3]))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -340,7 +340,7 @@ class ConvTranspose(nnx.ConvTranspose):
             y = conv_transpose_phases(x, self.kernel[...].astype(self.dtype), self.strides[0], self.torch_padding)
             return y if self.bias is None else y + self.bias[...].astype(self.dtype)
         # (k, k, out, in) -> flipped (k, k, in, out): the kernel lax.conv_transpose convolves with.
-        kernel = jnp.swapaxes(jnp.flip(self.kernel[...], (0, 1)), 2, 3).astype(self.dtype)
+        kernel = transposed_grouped_kernel(self.kernel[...], 1).astype(self.dtype)
         y = conv2d_tapwise_grad(x, kernel, 1, self.padding, 1, self.strides[0])
         return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
@@ -542,7 +542,8 @@ def _blocks_conv(x: Array, kernel: Array, stride: int, padding: Padding, groups:
 
 def transposed_grouped_kernel(kernel: Array, groups: int) -> Array:
     """The kernel whose stride-1 convolution with `dy` is the input gradient: each group's
-    (k, k, cin_g, cout_g) kernel flipped in space with its two channel axes swapped."""
+    (k, k, cin_g, cout_g) kernel flipped in space with its two channel axes swapped (one group:
+    the kernel a transposed convolution convolves its dilated input with)."""
     kh, kw, cin_g, cout = kernel.shape
     k = jnp.flip(kernel, (0, 1)).reshape(kh, kw, cin_g, groups, cout // groups)
     return k.transpose(0, 1, 4, 3, 2).reshape(kh, kw, cout // groups, groups * cin_g)
