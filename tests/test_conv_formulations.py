@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from salt_jax.models import layers
+from salt_jax.models import cpu_kernels, layers
 from salt_jax.models import presets
 from tests.torch_reference import optional_torch
 
@@ -97,6 +97,10 @@ def grouped_value_and_grads(impl, x, kernel, dy, stride, groups, dtype):
     return [np.asarray(a, np.float32) for a in run(state, jnp.asarray(x, dtype), jnp.asarray(dy))]
 
 
+needs_kernels = pytest.mark.skipif(not cpu_kernels.usable(jnp.float32),
+                                   reason="the C++ grouped-conv kernels need XLA:CPU and a C++ compiler")
+
+
 def bf16_round(a: np.ndarray) -> np.ndarray:
     return np.asarray(jnp.asarray(a, jnp.bfloat16), np.float32)
 
@@ -112,6 +116,57 @@ def test_grouped_conv_value_and_grads_float32(encoder, width, groups, stride, im
     got = grouped_value_and_grads(impl, x, kernel, dy, stride, groups, jnp.float32)
     for name, g, e in zip(("value", "input grad", "kernel grad"), got, expected):
         assert rel_err(g, e) <= F32_RTOL, (encoder, name)
+
+
+@needs_torch
+@needs_kernels
+@pytest.mark.parametrize("encoder,width,groups,stride",
+                         [s for s in grouped_shapes()
+                          if cpu_kernels.supports_grouped((s[1],), (3, 3, s[1] // s[2], s[1]), ((1, 1), (1, 1)))])
+def test_grouped_conv_ffi_value_and_grads_float32(encoder, width, groups, stride):
+    # The SE-ResNeXts' shapes (the tiny encoder's 32-64 channels are not multiples of 64, see below).
+    x, kernel, rng = case(width, groups, size=6)
+    dy = rng.standard_normal((2, 6 // stride, 6 // stride, width)).astype(np.float32)
+    expected = torch_reference(x, kernel, dy, stride, 1, groups)
+    got = grouped_value_and_grads("ffi", x, kernel, dy, stride, groups, jnp.float32)
+    for name, g, e in zip(("value", "input grad", "kernel grad"), got, expected):
+        assert rel_err(g, e) <= F32_RTOL, (encoder, name)
+
+
+@needs_torch
+@needs_kernels
+@pytest.mark.parametrize("width,groups,size,stride", [
+    (64, 64, 9, 1), (128, 64, 7, 2), (64, 16, 6, 2), (128, 16, 5, 3), (64, 16, 1, 1),
+    (256, 16, 1, 1), (128, 4, 9, 1), (256, 4, 7, 2), (64, 1, 6, 2), (128, 8, 5, 3)])
+def test_grouped_conv_ffi_every_form(width, groups, size, stride):
+    # Every channels-per-group the kernels take (1, 2, 4, 8: the "shift" loop; 16, 32, 64: the
+    # "broadcast" loop), one or several 64-channel blocks, maps narrower and wider than the
+    # 4-pixel register block, odd sizes (the last input column unread at stride 2), stride 3
+    # (three column phases in the input gradient) and 1-pixel maps (every tap but the centre in
+    # the padding), each loop with strides 1, 2 and 3.
+    x, kernel, rng = case(width, groups, size=size)
+    out = (size - 1) // stride + 1
+    dy = rng.standard_normal((2, out, out, width)).astype(np.float32)
+    expected = torch_reference(x, kernel, dy, stride, 1, groups)
+    got = grouped_value_and_grads("ffi", x, kernel, dy, stride, groups, jnp.float32)
+    for name, g, e in zip(("value", "input grad", "kernel grad"), got, expected):
+        assert rel_err(g, e) <= F32_RTOL, name
+
+
+@needs_kernels
+def test_grouped_conv_ffi_outside_its_cover():
+    # bfloat16 or a width that is not a multiple of 64: the default falls back to "blocks"
+    # (same numbers as "blocks" itself); asking for "ffi" there is an error, not a silent switch.
+    rng = np.random.default_rng(1)
+    for (x, kernel, _), dtype in ((case(32, 8, size=6), jnp.float32), (case(128, 32, size=6), jnp.bfloat16)):
+        groups = x.shape[-1] // kernel.shape[2]
+        dy = rng.standard_normal(x.shape).astype(np.float32)
+        blocks = grouped_value_and_grads("blocks", x, kernel, dy, 1, groups, dtype)
+        default = grouped_value_and_grads(None, x, kernel, dy, 1, groups, dtype)
+        for a, b in zip(default, blocks):
+            np.testing.assert_array_equal(a, b)
+        with pytest.raises(ValueError, match="impl='ffi'"):
+            grouped_value_and_grads("ffi", x, kernel, dy, 1, groups, dtype)
 
 
 @needs_torch
@@ -179,7 +234,7 @@ print("ok")
 
 
 @needs_torch
-@pytest.mark.parametrize("impl", ["taps", "blocks"])
+@pytest.mark.parametrize("impl", ["taps", "blocks", pytest.param("ffi", marks=needs_kernels)])
 def test_grouped_conv_under_data_parallel_sharding(tmp_path, impl):
     """Batch sharded over 2 fake CPU devices: the kernel gradient sums over both shards."""
     out = tmp_path / "sharded.npz"
@@ -194,13 +249,54 @@ def test_grouped_conv_under_data_parallel_sharding(tmp_path, impl):
     assert rel_err(got["dk"], dk) <= F32_RTOL
 
 
+POINTWISE_SHARDED_SCRIPT = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+from salt_jax.mesh import DATA_AXIS, data_mesh
+from salt_jax.models import layers
+
+rng = np.random.default_rng(5)
+x = rng.standard_normal((4, 48, 48, 64)).astype(np.float32)  # 2 images, 4608 pixels per device
+dy = rng.standard_normal((4, 48, 48, 32)).astype(np.float32)
+conv = layers.conv(64, 32, 1, use_bias=True, rngs=nnx.Rngs(0))
+graphdef, state = nnx.split(conv)
+mesh = data_mesh()
+batch = NamedSharding(mesh, P(DATA_AXIS))
+state = jax.device_put(state, NamedSharding(mesh, P()))
+step = jax.jit(jax.grad(lambda s, x: jnp.sum(nnx.merge(graphdef, s)(x) * dy), argnums=(0, 1)))
+assert "salt_MatmulKernelGrad" in step.lower(state, jax.device_put(x, batch)).compile().as_text()
+dstate, dx = jax.block_until_ready(step(state, jax.device_put(x, batch)))
+np.savez(sys.argv[1], x=x, kernel=np.asarray(conv.kernel[...]), bias=np.asarray(conv.bias[...]), dy=dy, dx=np.asarray(dx),
+         dk=np.asarray(dstate["kernel"][...]))
+print("ok")
+"""
+
+
+@needs_torch
+@needs_kernels
+def test_pointwise_conv_under_data_parallel_sharding(tmp_path):
+    """The C++ 1x1 kernel gradient on 2 fake CPU devices: each device's images, summed across both."""
+    out = tmp_path / "sharded.npz"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", POINTWISE_SHARDED_SCRIPT, str(out)], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+    got = np.load(out)
+    _, dx, dk, _ = torch_conv_reference(got["x"], got["kernel"], got["bias"], got["dy"], 1, 0)
+    assert rel_err(got["dx"], dx) <= F32_RTOL
+    assert rel_err(got["dk"], dk) <= F32_RTOL
+
+
 def test_defaults_and_env_overrides(monkeypatch):
     for env in ("SALT_JAX_GROUPED_CONV", "SALT_JAX_CONV", "SALT_JAX_CONV_TRANSPOSE"):
         monkeypatch.delenv(env, raising=False)
     if jax.default_backend() != "cpu":
         pytest.skip("checks the CPU defaults")
+    grouped = "ffi" if cpu_kernels.available() else "blocks"
     assert (layers.default_grouped_impl(32), layers.default_conv_impl(), layers.default_conv_transpose_impl()) == (
-        "blocks", "matmul", "phases")
+        grouped, "matmul", "phases")
     assert layers.default_grouped_impl(4) == "dense"  # the tiny encoder's 4 groups
     # Accelerators: the algorithms that won there (grouped: docs/BENCHMARKS.md, H200) or XLA's own.
     with monkeypatch.context() as m:
@@ -279,6 +375,26 @@ def test_conv_value_and_grads_float32(cin, cout, k, stride, padding, size, impl)
     expected = torch_conv_reference(x, kernel, bias, dy, stride, padding)
     for name, g, e in zip(("value", "input grad", "kernel grad", "bias grad"), layer_value_and_grads(layer, x, dy), expected):
         assert rel_err(g, e) <= F32_RTOL, name
+
+
+# 1x1 convs over >= 4096 pixels, where "matmul" takes its kernel gradient from the C++ kernel
+# (cpu_kernels.pointwise_conv): 2x48x48 pixels, the strided one subsampled from 96x96; channels
+# off the kernel's 4/16 multiples fall back to XLA's dot.
+POINTWISE_CONVS = [(64, 128, 1, 1, 0, 48), (64, 32, 1, 2, 0, 96), (48, 16, 1, 1, 0, 48), (60, 20, 1, 1, 0, 48)]
+
+
+@needs_torch
+@pytest.mark.parametrize("cin,cout,k,stride,padding,size", POINTWISE_CONVS)
+def test_pointwise_conv_value_and_grads_float32(cin, cout, k, stride, padding, size):
+    # The kernel gradient sums 4608 products per entry: float32 error ~1e-6 (see the module docstring).
+    test_conv_value_and_grads_float32(cin, cout, k, stride, padding, size, "matmul")
+    x_shape, kernel_shape = (2, size // stride, size // stride, cin), (cin, cout)
+    if cpu_kernels.usable(jnp.float32) and cpu_kernels.supports_pointwise(x_shape, kernel_shape):
+        layer = layers.conv(cin, cout, 1, stride=stride, rngs=nnx.Rngs(0))
+        graphdef, state = nnx.split(layer)
+        text = jax.jit(jax.grad(lambda s, x: jnp.sum(nnx.merge(graphdef, s)(x)))).lower(
+            state, jnp.zeros((2, size, size, cin))).as_text()
+        assert "salt_MatmulKernelGrad" in text  # the C++ kernel gradient was the one checked above
 
 
 @needs_torch

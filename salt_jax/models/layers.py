@@ -9,8 +9,8 @@ changes the numbers of a converted network:
   sizes and would shift every output by half a pixel.
 - `GroupedConv` is the one place the grouped 3x3 convolution is computed, so its
   implementation can be swapped per backend without touching the parameters; its CPU default
-  ("blocks") replaces XLA:CPU's slow grouped convolution with dense convolutions over blocks of
-  groups and its kernel gradient with matmuls.
+  ("ffi", C++ loops in `cpu_kernels`; "blocks" where those cannot be built) replaces
+  XLA:CPU's slow grouped convolution and kernel gradient.
 - `max_pool_ceil` reproduces `MaxPool2d(ceil_mode=True)`.
 """
 
@@ -24,6 +24,8 @@ import os
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from salt_jax.models import cpu_kernels
 
 Array = jax.Array
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -193,11 +195,12 @@ class Conv(nnx.Conv):
     """nnx.Conv (same parameters: `kernel` (k, k, in, out), `bias`) with a choice of algorithm.
 
     "xla": nnx.Conv's convolution. "matmul": a 1x1 kernel is one matmul (after the stride's
-    subsampling); a 3x3 kernel keeps XLA's forward and input gradient and takes its kernel
-    gradient from `tapwise_kernel_grad`, except at stride 1 where the kernel outweighs the map
-    (`kernel_outweighs_map`), where it is `conv2d_taps` throughout; larger kernels (the 7x7
-    stem, 3 input channels, whose 49 skinny matmuls measured slower) stay XLA's. `impl=None`
-    defers to `default_conv_impl()`.
+    subsampling), whose kernel gradient over >= 4096 pixels in float32 on XLA:CPU comes from
+    `cpu_kernels.pointwise_conv` where the C++ kernels built; a 3x3 kernel keeps XLA's forward
+    and input gradient and takes its kernel gradient from `tapwise_kernel_grad`, except at
+    stride 1 where the kernel outweighs the map (`kernel_outweighs_map`), where it is
+    `conv2d_taps` throughout; larger kernels (the 7x7 stem, 3 input channels, whose 49 skinny
+    matmuls measured slower) stay XLA's. `impl=None` defers to `default_conv_impl()`.
     """
 
     def __init__(self, *args, impl: str | None = None, **kwargs):
@@ -219,7 +222,11 @@ class Conv(nnx.Conv):
         kernel = self.kernel[...].astype(self.dtype)
         s = self.strides[0]
         if k == 1:  # padding 0: output pixel (i, j) reads input pixel (s*i, s*j)
-            y = jnp.einsum("nhwi,io->nhwo", x[:, ::s, ::s], kernel[0, 0])
+            x = x[:, ::s, ::s]
+            if cpu_kernels.usable(x.dtype) and cpu_kernels.supports_pointwise(x.shape, kernel.shape[2:]):
+                y = cpu_kernels.pointwise_conv(x, kernel[0, 0])
+            else:
+                y = jnp.einsum("nhwi,io->nhwo", x, kernel[0, 0])
         elif s == 1 and kernel_outweighs_map(x.shape, kernel.shape):
             y = conv2d_taps(x, kernel, self.padding)
         else:
@@ -431,24 +438,33 @@ def _batch_moments(x: Array, valid: Array | None) -> tuple[Array, Array, int | A
     return mean, jnp.sum(jnp.square(x - mean) * w, axis=axes) / n, n
 
 
-GROUPED_IMPLS = ("taps", "native", "dense", "blocks")
+GROUPED_IMPLS = ("taps", "native", "dense", "blocks", "ffi")
 BLOCK_GROUPS = 2  # groups per dense block of "blocks": of 1, 2 and 4, 2 was fastest over the encoders' layers
 
 
 def default_grouped_impl(groups: int = 32) -> str:
     """The grouped-conv implementation for a conv of `groups` groups; `SALT_JAX_GROUPED_CONV` overrides.
 
-    CPU: "blocks" for the encoders' 32 groups: XLA:CPU runs a 32-group conv ("native") as a
-    generic loop, its forward and input gradient 5-40x slower than torch's and its kernel gradient
-    ~50x slower than a dense conv (docs/BENCHMARKS.md); "blocks" computes forward and input
+    CPU: "ffi" for the encoders' 32 groups where its C++ kernels build (`cpu_kernels`: a
+    C++ compiler on Linux), else "blocks". XLA:CPU runs a 32-group conv ("native") as a generic
+    loop, its forward and input gradient 5-40x slower than torch's and its kernel gradient ~50x
+    slower than a dense conv (docs/BENCHMARKS.md). "ffi" computes all three in C++ loops (per
+    layer 4-18x faster than "blocks" in the backward); "blocks" computes forward and input
     gradient as dense convolutions over blocks of `BLOCK_GROUPS` groups and the kernel gradient
     with matmuls ("taps", which keeps XLA's grouped forward, is the formulation before it).
-    4 groups or fewer (the tiny encoder) take "dense": the block-diagonal kernel costs only 4x
-    the FLOPs there and its train step measured 12% faster than taps. GPUs (and TPUs,
-    unmeasured): "native", whose cuDNN kernels ran the SE-ResNeXt-50 UNet's bf16 train step fastest on an H200 (batch 32:
-    644 images/s, dense 602, taps 484; docs/BENCHMARKS.md).
+    Where "ffi" does not cover a layer (bfloat16, other shapes: `cpu_kernels.supports_grouped`),
+    the default falls back to "blocks". 4 groups or fewer (the tiny encoder) take "dense": the
+    block-diagonal kernel costs only 4x the FLOPs there and its train step measured 12% faster
+    than taps. GPUs (and TPUs, unmeasured): "native", whose cuDNN kernels ran the SE-ResNeXt-50
+    UNet's bf16 train step fastest on an H200 (batch 32: 644 images/s, dense 602, taps 484;
+    docs/BENCHMARKS.md).
     """
-    cpu = "dense" if groups <= 4 else "blocks"
+    if groups <= 4:
+        cpu = "dense"
+    elif jax.default_backend() == "cpu" and cpu_kernels.available():
+        cpu = "ffi"
+    else:
+        cpu = "blocks"
     return _choose("SALT_JAX_GROUPED_CONV", GROUPED_IMPLS, cpu, "native")
 
 
@@ -472,8 +488,10 @@ class GroupedConv(nnx.Module):
     The parameter is `kernel` of shape (k, k, cin // groups, cout) whatever the `impl`:
     "native" uses XLA's `feature_group_count`, "dense" the block-diagonal dense kernel, "taps"
     the native forward with `tapwise_kernel_grad` as its kernel gradient, "blocks" dense
-    convolutions over blocks of `BLOCK_GROUPS` groups (`conv2d_blocks`) with that kernel gradient.
-    `impl=None` defers to `default_grouped_impl(groups)` at trace time.
+    convolutions over blocks of `BLOCK_GROUPS` groups (`conv2d_blocks`) with that kernel gradient,
+    "ffi" C++ loops on XLA:CPU (`cpu_kernels.grouped_conv2d`). `impl=None` defers to
+    `default_grouped_impl(groups)` at trace time, which falls back from "ffi" to "blocks" where
+    the C++ kernels do not cover the layer; an explicit "ffi" there is an error.
     """
 
     def __init__(
@@ -511,6 +529,13 @@ class GroupedConv(nnx.Module):
         x = x.astype(self.dtype)
         kernel = self.kernel[...].astype(self.dtype)
         padding = _pairs(self.padding)
+        if impl == "ffi":
+            if cpu_kernels.usable(x.dtype) and cpu_kernels.supports_grouped(x.shape, kernel.shape, padding):
+                return cpu_kernels.grouped_conv2d(x, kernel, self.stride)
+            if self.impl == "ffi":
+                raise ValueError(f"GroupedConv impl='ffi' needs XLA:CPU, the built C++ kernels and a layer they "
+                                 f"support; got {x.dtype} input {x.shape}, kernel {kernel.shape}, padding {padding}")
+            impl = "blocks"
         if impl == "blocks":
             return conv2d_blocks(x, kernel, self.stride, padding, self.groups, BLOCK_GROUPS)
         if impl == "taps":

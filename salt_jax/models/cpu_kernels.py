@@ -1,0 +1,225 @@
+"""Two convolution pieces as C++ loops called through the XLA FFI, for XLA:CPU only.
+
+- `grouped_conv2d`: the grouped 3x3 convolution, forward, input gradient and kernel gradient.
+  XLA:CPU runs a grouped convolution as a generic loop and takes its kernel gradient from copies
+  of shifted inputs; the loops of `cpu_kernels.cc` keep the output channels in vector registers
+  (per layer 2-3x faster forward, 4-9x backward than "blocks", docs/BENCHMARKS.md).
+- `pointwise_conv`: the 1x1 convolution as a matmul whose kernel gradient x^T dy reads both
+  operands in their natural layout. Inside a train step XLA:CPU feeds its own dot a transposed
+  copy of one operand and recomputes the BatchNorm backward into that copy (~60 ms for each
+  (256, 32768) operand).
+
+The source is compiled once per machine with the system's C++ compiler (`$CXX`, else
+`c++`/`g++`/`clang++`) for the machine's own CPU (`-march=native`) into
+`$SALT_JAX_KERNEL_CACHE` (default `~/.cache/salt_jax/kernels`), named by a hash of the source, the
+flags, jax's version and the CPU, so an edit or another CPU builds anew. Without a compiler (or
+off Linux) `available()` is False, with one warning, and the layers keep their XLA formulations;
+`SALT_JAX_CPU_KERNELS=0` makes it False on purpose (no native code, or to compare).
+Under a mesh every call partitions along the batch (`jax.experimental.custom_partitioning`):
+each device runs it on its own images; kernel gradients are summed across devices by XLA.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec
+
+SOURCE = pathlib.Path(__file__).with_suffix(".cc")
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
+_TARGETS = ("GroupedConvForward", "GroupedConvInputGrad", "GroupedConvKernelGrad", "MatmulKernelGrad")
+CHANNEL_BLOCK = 64  # CB of the source: the grouped conv works on blocks of 64 channels
+POINTWISE_MIN_PIXELS = 4096  # below, XLA's dot measured as fast or faster (docs/BENCHMARKS.md)
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the CPU's model and feature flags."""
+    try:
+        info = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    return "\n".join(sorted({ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))}))
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _build() -> pathlib.Path:
+    """Compile the source unless a library for this source, these flags and this CPU exists."""
+    cxx = _compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (set CXX)")
+    include = jax.ffi.include_dir()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, *FLAGS, include, jax.__version__, _cpu_id()]).encode())
+    cache = pathlib.Path(os.environ.get("SALT_JAX_KERNEL_CACHE", pathlib.Path.home() / ".cache" / "salt_jax" / "kernels"))
+    lib = cache / f"cpu_kernels-{key.hexdigest()[:16]}.so"
+    if lib.exists():
+        return lib
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:  # build aside, then rename: safe when two processes build
+        out = pathlib.Path(tmp) / lib.name
+        done = subprocess.run([cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(out)], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{cxx} failed on {SOURCE.name}: {done.stderr.strip()[-2000:]}")
+        os.replace(out, lib)
+    return lib
+
+
+@functools.cache
+def available() -> bool:
+    """Build (once per machine) and register the kernels; False, with one warning, if that fails."""
+    if platform.system() != "Linux" or os.environ.get("SALT_JAX_CPU_KERNELS") == "0":
+        return False
+    try:
+        library = ctypes.cdll.LoadLibrary(str(_build()))
+    except (OSError, RuntimeError) as err:
+        warnings.warn(f"salt_jax: CPU kernels unavailable, using XLA's formulations ({err})", stacklevel=2)
+        return False
+    for name in _TARGETS:
+        jax.ffi.register_ffi_target(f"salt_{name}", jax.ffi.pycapsule(getattr(library, f"Salt{name}")), platform="cpu")
+    return True
+
+
+def usable(dtype) -> bool:
+    """The kernels apply: XLA:CPU, float32, and they built."""
+    return jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu" and available()
+
+
+def _call(name: str, shape, *operands, **attrs) -> jax.Array:
+    out = jax.ShapeDtypeStruct(shape, jnp.float32)
+    attrs = {k: np.int64(v) for k, v in attrs.items()}
+    return jax.ffi.ffi_call(f"salt_{name}", out, vmap_method="sequential")(*operands, **attrs)
+
+
+def _batch_axes(sharding):
+    """The mesh axes the leading (batch) dimension is split over, or None."""
+    spec = sharding.spec
+    return spec[0] if len(spec) else None
+
+
+def _batch_partitioned(name: str, b_batched: bool, rule: str):
+    """`_call(name, shape, a, b, stride=)` split along the batch: operand a, the result and, if
+    b_batched, operand b sharded like a's first axis; b otherwise replicated (a kernel)."""
+
+    @functools.partial(custom_partitioning, static_argnums=(2, 3))
+    def call(a, b, shape, stride):
+        return _call(name, shape, a, b, stride=stride)
+
+    def shardings(mesh, a_sharding):
+        batch = NamedSharding(mesh, PartitionSpec(_batch_axes(a_sharding)))
+        return batch, (batch, batch if b_batched else NamedSharding(mesh, PartitionSpec()))
+
+    def infer(shape, stride, mesh, arg_shapes, result_shape):
+        return shardings(mesh, arg_shapes[0].sharding)[0]
+
+    def partition(shape, stride, mesh, arg_shapes, result_shape):
+        out, args = shardings(mesh, arg_shapes[0].sharding)
+        return mesh, lambda a, b: _call(name, (a.shape[0], *shape[1:]), a, b, stride=stride), out, args
+
+    call.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule)
+    return call
+
+
+# Factor names: n the batch; the others only say that no other axis is shared.
+_grouped_forward = _batch_partitioned("GroupedConvForward", False, "n h w c, k l i o -> n y z o")
+_grouped_input_grad = _batch_partitioned("GroupedConvInputGrad", False, "n y z o, k l i c -> n h w c")
+_grouped_kernel_grad = _batch_partitioned("GroupedConvKernelGrad", True, "n h w c, n y z o -> n k l i o")
+
+
+def supports_grouped(x_shape, kernel_shape, padding) -> bool:
+    """The grouped kernels compute this conv: 3x3, padding 1, channels a multiple of 64 and
+    1-64 (a power of 2) per group, input width = output width (shapes NHWC and grouped HWIO)."""
+    kh, kw, cpg, cout = kernel_shape
+    return ((kh, kw) == (3, 3) and padding == ((1, 1), (1, 1)) and x_shape[-1] == cout
+            and cout % CHANNEL_BLOCK == 0 and cpg in (1, 2, 4, 8, 16, 32, 64))
+
+
+def _grouped_out(x, kernel, stride):
+    n, h, w, c = x.shape
+    return _grouped_forward(x, kernel, (n, (h - 1) // stride + 1, (w - 1) // stride + 1, c), stride)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def grouped_conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """Grouped 3x3 convolution with padding 1, groups = channels // kernel.shape[2] (`supports_grouped`)."""
+    return _grouped_out(x, kernel, stride)
+
+
+def _grouped_fwd(x, kernel, stride):
+    return _grouped_out(x, kernel, stride), (x, kernel)
+
+
+def _grouped_bwd(stride, residuals, dy):
+    x, kernel = residuals
+    dx = _grouped_input_grad(dy, kernel, x.shape, stride)
+    return dx, _grouped_kernel_grad(x, dy, (x.shape[0], *kernel.shape), stride).sum(0)
+
+
+grouped_conv2d.defvjp(_grouped_fwd, _grouped_bwd)
+
+
+def supports_pointwise(x_shape, kernel_shape) -> bool:
+    """`pointwise_conv` pays off: enough pixels (N*H*W), channels multiples of 4 in and 16 out."""
+    ci, co = kernel_shape
+    return int(np.prod(x_shape[:-1])) >= POINTWISE_MIN_PIXELS and ci % 4 == 0 and co % 16 == 0
+
+
+@custom_partitioning
+def _pointwise_kernel_grad(x, dy):
+    return _call("MatmulKernelGrad", (x.shape[-1], dy.shape[-1]), x, dy)
+
+
+def _pointwise_shardings(mesh, arg_shapes):
+    batch = NamedSharding(mesh, PartitionSpec(_batch_axes(arg_shapes[0].sharding)))
+    return NamedSharding(mesh, PartitionSpec()), (batch, batch)
+
+
+def _pointwise_partition(mesh, arg_shapes, result_shape):
+    out, args = _pointwise_shardings(mesh, arg_shapes)
+    axes = _batch_axes(args[0])
+
+    def lower(x, dy):  # each device's images, then the sum over the devices
+        local = _call("MatmulKernelGrad", (x.shape[-1], dy.shape[-1]), x, dy)
+        return local if axes is None else jax.lax.psum(local, axes)
+
+    return mesh, lower, out, args
+
+
+_pointwise_kernel_grad.def_partition(
+    _pointwise_partition, infer_sharding_from_operands=lambda mesh, arg_shapes, _: _pointwise_shardings(mesh, arg_shapes)[0],
+    sharding_rule="n h w i, n h w o -> i o", reduction_factors=("n", "h", "w"))
+
+
+@jax.custom_vjp
+def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x (N, H, W, ci) @ kernel (ci, co), with the kernel gradient computed by `cpu_kernels.cc`."""
+    return jnp.einsum("nhwi,io->nhwo", x, kernel)
+
+
+def _pointwise_fwd(x, kernel):
+    return pointwise_conv(x, kernel), (x, kernel)
+
+
+def _pointwise_bwd(residuals, dy):
+    x, kernel = residuals
+    return jnp.einsum("nhwo,io->nhwi", dy, kernel), _pointwise_kernel_grad(x, dy)
+
+
+pointwise_conv.defvjp(_pointwise_fwd, _pointwise_bwd)
