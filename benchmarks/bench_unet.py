@@ -19,7 +19,8 @@ untimed ones of its own (a call right after the other framework's ran slower).
 JAX variants (`--variants`): "default", the library's convolution formulations for this
 backend; "xla", every convolution XLA's own with the block-diagonal grouped conv (the CPU
 default before issue 11); "taps", the default with the grouped convs on "taps" (XLA's grouped
-forward and input gradient: the CPU default until "blocks", 2026-11-26).
+forward and input gradient: the CPU default until "blocks", 2026-11-26); "blocks", the default
+with the grouped convs on "blocks" (the CPU default until "ffi", and its fallback).
 Before issue 14 this script timed its own copy of a train step (BCE losses, plain Adam) under
 the task names unet_forward / unet_train_step; those lines stay in results.jsonl as they were.
 """
@@ -38,7 +39,7 @@ from timing import timed_alternating  # noqa: E402
 
 # nnx.view arguments per JAX variant; "default" leaves every layer's choice to layers.py.
 JAX_VARIANTS = {"default": {}, "xla": {"impl": "dense", "conv_impl": "xla", "conv_transpose_impl": "xla"},
-                "taps": {"impl": "taps"}}
+                "taps": {"impl": "taps"}, "blocks": {"impl": "blocks"}}
 TASKS = ("inference", "train_step")
 
 
