@@ -21,6 +21,10 @@ backend; "xla", every convolution XLA's own with the block-diagonal grouped conv
 default before issue 11); "taps", the default with the grouped convs on "taps" (XLA's grouped
 forward and input gradient: the CPU default until "blocks", 2026-11-26); "blocks", the default
 with the grouped convs on "blocks" (the CPU default until "ffi", and its fallback).
+torch runs in a worker process of its own by default (`--same-process` for the old way), its calls
+alternating with JAX's through a pipe: in one process JAX's calls ran ~20% slower with a warm
+torch beside them even after settling (SaltUNet-50 inference 0.99 s against 0.77-0.80 s in a JAX-only
+process, 2026-11-26), so the shared process charged torch's after-effects to JAX.
 Before issue 14 this script timed its own copy of a train step (BCE losses, plain Adam) under
 the task names unet_forward / unet_train_step; those lines stay in results.jsonl as they were.
 """
@@ -50,6 +54,49 @@ def jax_programs(model, images, masks, tasks) -> dict[str, programs.Program]:
     return {task: build[task]() for task in tasks}
 
 
+def torch_worker(conn, model_name: str, batch: int, tasks: list[str]) -> None:
+    """The torch side in its own process: sends the model's weights, then its programs' compile
+    times and device, then runs one blocking call per task name received until None."""
+    import torch
+
+    from convert.torch_unet import TorchSaltUNet
+
+    torch.manual_seed(0)
+    t_model = TorchSaltUNet(model_name)
+    conn.send({k: v.numpy().copy() for k, v in t_model.state_dict().items()})
+    images, masks = programs.synthetic_batch(batch)
+    progs = {task: programs.torch_program(t_model, images, masks, task=task, variant="eager") for task in tasks}
+    conn.send(({task: p.compile_s for task, p in progs.items()}, records.device_name("torch")))
+    while (task := conn.recv()) is not None:
+        progs[task].blocking()
+        conn.send(True)
+
+
+class TorchProcess:
+    """A `torch_worker` process and, per task, a blocking call that runs there (the pipe's round
+    trip, well under a millisecond, is inside the timed call)."""
+
+    def __init__(self, model_name: str, batch: int, tasks: list[str]):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no JAX in it
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=torch_worker, args=(child, model_name, batch, tasks), daemon=True)
+        self.process.start()
+        self.state = self.conn.recv()
+        self.compile_s, self.device = self.conn.recv()
+
+    def call(self, task: str):
+        def blocking() -> None:
+            self.conn.send(task)
+            self.conn.recv()
+        return blocking
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.process.join(timeout=60)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--model", default="se_resnext50_32x4d", choices=["se_resnext50_32x4d", "se_resnext101_32x4d", "tiny"])
@@ -62,6 +109,8 @@ def main() -> None:
     parser.add_argument("--settle", type=int, default=1,
                         help="untimed calls before each timed one, so none directly follows the other "
                              "framework's (timing.timed_alternating; 0: the alternation before 2026-11-26)")
+    parser.add_argument("--same-process", action="store_true",
+                        help="run torch in this process (the way before 2026-11-26), not in a worker")
     parser.add_argument("--out", type=pathlib.Path, default=records.RESULTS)
     args = parser.parse_args()
 
@@ -72,8 +121,12 @@ def main() -> None:
 
     arch = archs.UNET_PREFIX + args.model
     images, masks = programs.synthetic_batch(args.batch)
+    worker = None
     if args.no_torch:  # torch may not be installed (e.g. a newer Python): JAX's own initialisation
         state = None
+    elif not args.same_process:
+        worker = TorchProcess(args.model, args.batch, args.tasks)
+        state = worker.state
     else:
         import torch
 
@@ -95,18 +148,28 @@ def main() -> None:
         for variant in args.variants:
             runs[("jax", variant, precision)] = jax_programs(nnx.view(model, **JAX_VARIANTS[variant]), images, masks,
                                                              args.tasks)
-    if not args.no_torch:
-        runs[("torch", "eager", "float32")] = {
-            task: programs.torch_program(t_model, images, masks, task=task, variant="eager") for task in args.tasks}
+    calls = {key: {task: p.blocking for task, p in progs.items()} for key, progs in runs.items()}
+    compile_s = {key: {task: p.compile_s for task, p in progs.items()} for key, progs in runs.items()}
+    torch_key, device = ("torch", "eager", "float32"), {}
+    if worker is not None:
+        calls[torch_key] = {task: worker.call(task) for task in args.tasks}
+        compile_s[torch_key], device[torch_key] = worker.compile_s, worker.device
+    elif not args.no_torch:
+        progs = {task: programs.torch_program(t_model, images, masks, task=task, variant="eager") for task in args.tasks}
+        calls[torch_key] = {task: p.blocking for task, p in progs.items()}
+        compile_s[torch_key] = {task: p.compile_s for task, p in progs.items()}
 
     for task in args.tasks:
-        times = timed_alternating({key: tasks[task].blocking for key, tasks in runs.items()}, args.repeats,
-                                  settle=args.settle)
-        for (framework, variant, precision), t in times.items():
+        times = timed_alternating({key: fns[task] for key, fns in calls.items()}, args.repeats, settle=args.settle)
+        for key, t in times.items():
+            framework, variant, precision = key
             line = records.record(task, framework=framework, batch=args.batch, timing=t, model=arch, variant=variant,
-                                  precision=precision, alternating=True, settle=args.settle, compile_s=runs[(framework, variant, precision)][task].compile_s)
+                                  precision=precision, device=device.get(key), alternating=True, settle=args.settle,
+                                  torch_process="worker" if worker else "same", compile_s=compile_s[key][task])
             print(json.dumps(line), flush=True)
             records.append(line, args.out)
+    if worker is not None:
+        worker.close()
 
 
 if __name__ == "__main__":

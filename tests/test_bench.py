@@ -193,6 +193,20 @@ def test_bench_unet_without_torch_never_imports_it(tmp_path):
     assert line["ms"] > 0
 
 
+def test_bench_unet_alternates_with_a_torch_worker_process(tmp_path):
+    # The default: torch's calls run in a worker process of its own, alternating with JAX's.
+    pytest.importorskip("torch", reason="torch is needed for the torch half of the benchmark")
+    results = tmp_path / "results.jsonl"
+    proc = subprocess.run([sys.executable, "benchmarks/bench_unet.py", "--model", "tiny", "--batch", "1", "--repeats", "1",
+                           "--tasks", "inference", "--out", str(results)], cwd=REPO, capture_output=True, text=True,
+                          timeout=550)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [json.loads(text) for text in results.read_text().splitlines()]
+    assert [(line["framework"], line["torch_process"]) for line in lines] == [("jax", "worker"), ("torch", "worker")]
+    assert all(line["ms"] > 0 and line["task"] == "inference" for line in lines)
+    assert lines[1]["device"].startswith("CPU") and lines[1]["compile_s"] >= 0
+
+
 def test_pack_gpu_data_keeps_what_the_loader_reads(tmp_path):
     """The packed copy loads to the same arrays as the original; RGB images like the real ones."""
     from PIL import Image

@@ -266,7 +266,7 @@ mesh = data_mesh()
 batch = NamedSharding(mesh, P(DATA_AXIS))
 state = jax.device_put(state, NamedSharding(mesh, P()))
 step = jax.jit(jax.grad(lambda s, x: jnp.sum(nnx.merge(graphdef, s)(x) * dy), argnums=(0, 1)))
-assert "salt_MatmulKernelGrad" in step.lower(state, jax.device_put(x, batch)).compile().as_text()
+assert "salt_DenseKernelGrad" in step.lower(state, jax.device_put(x, batch)).compile().as_text()
 dstate, dx = jax.block_until_ready(step(state, jax.device_put(x, batch)))
 np.savez(sys.argv[1], x=x, kernel=np.asarray(conv.kernel[...]), bias=np.asarray(conv.bias[...]), dy=dy, dx=np.asarray(dx),
          dk=np.asarray(dstate["kernel"][...]))
@@ -345,9 +345,12 @@ def layer_value_and_grads(layer, x, dy, dtype=jnp.float32):
 # bottleneck conv1/conv3, the strided downsample, sSE's and the final 1-channel convs;
 # 3x3: decoder and center convs; 7x7: the stem (3 input channels, stays XLA's).
 # 3x3 "matmul": (96, 64) and (40, 24) have kernels larger than their maps (conv2d_taps),
-# (8, 4) at 6x6 and the stride-2 one do not (XLA's convolution with the tap-wise kernel gradient).
+# (8, 4) at 6x6 and the stride-2 ones do not (XLA's convolution with the tap-wise kernel gradient).
+# Where the C++ kernels built, kernel gradients with in/out channels multiples of 4/16 come from
+# cpu_kernels.dense_kernel_grad: (96, 64), (8, 16) at 12x12, (16, 32) at stride 2 on an odd map.
 PLAIN_CONVS = [(64, 128, 1, 1, 0, 6), (256, 512, 1, 2, 0, 6), (64, 1, 1, 1, 0, 6), (96, 64, 3, 1, 1, 6),
-               (40, 24, 3, 1, 1, 5), (8, 4, 3, 1, 1, 6), (16, 8, 3, 2, 1, 6), (3, 16, 7, 1, 3, 8)]
+               (40, 24, 3, 1, 1, 5), (8, 4, 3, 1, 1, 6), (8, 16, 3, 1, 1, 12), (16, 8, 3, 2, 1, 6),
+               (16, 32, 3, 2, 1, 7), (3, 16, 7, 1, 3, 8)]
 
 
 def test_kernel_outweighs_map_picks_the_cases_above():
@@ -377,7 +380,7 @@ def test_conv_value_and_grads_float32(cin, cout, k, stride, padding, size, impl)
         assert rel_err(g, e) <= F32_RTOL, name
 
 
-# 1x1 convs over >= 4096 pixels, where "matmul" takes its kernel gradient from the C++ kernel
+# 1x1 convs over >= 2048 pixels, where "matmul" takes its kernel gradient from the C++ kernel
 # (cpu_kernels.pointwise_conv): 2x48x48 pixels, the strided one subsampled from 96x96; channels
 # off the kernel's 4/16 multiples fall back to XLA's dot.
 POINTWISE_CONVS = [(64, 128, 1, 1, 0, 48), (64, 32, 1, 2, 0, 96), (48, 16, 1, 1, 0, 48), (60, 20, 1, 1, 0, 48)]
@@ -394,18 +397,20 @@ def test_pointwise_conv_value_and_grads_float32(cin, cout, k, stride, padding, s
         graphdef, state = nnx.split(layer)
         text = jax.jit(jax.grad(lambda s, x: jnp.sum(nnx.merge(graphdef, s)(x)))).lower(
             state, jnp.zeros((2, size, size, cin))).as_text()
-        assert "salt_MatmulKernelGrad" in text  # the C++ kernel gradient was the one checked above
+        assert "salt_DenseKernelGrad" in text  # the C++ kernel gradient was the one checked above
 
 
 @needs_torch
 @pytest.mark.parametrize("impl", ["phases", "taps", "xla"])
 @pytest.mark.parametrize("cin,cout,size,k,stride,padding", [(48, 16, 4, 4, 2, 1), (24, 8, 5, 4, 2, 1),
                                                             (12, 8, 3, 3, 2, 1), (12, 8, 4, 6, 2, 2),
-                                                            (8, 4, 1, 4, 2, 1)])
+                                                            (8, 4, 1, 4, 2, 1), (32, 16, 1, 4, 2, 1)])
 def test_conv_transpose_value_and_grads_float32(cin, cout, size, k, stride, padding, impl):
     """torch ConvTranspose2d(k=4, s=2, p=1), the decoder's upsampling, and others: (3, 2, 1)'s
     output (2 * size - 1) is not stride x the input, so "phases" falls back to the taps; (6, 2, 2)
-    has 3 taps per phase and axis; a 1x1 map has every tap on the border."""
+    has 3 taps per phase and axis; a 1x1 map has every tap on the border. "phases" takes its
+    kernel gradient from cpu_kernels.dense_kernel_grad where channels are multiples of 4 (out)
+    and 16 (in) and the kernels built: (48, 16) and (32, 16) here."""
     layer = layers.conv_transpose(cin, cout, k, stride=stride, padding=padding, dtype=jnp.float32, rngs=nnx.Rngs(0))
     layer.impl = impl
     rng = np.random.default_rng(2)

@@ -11,7 +11,7 @@
 // The input gradient is the same loop over dy with each group's kernel transposed, gathering the
 // output pixels that read each input pixel (any stride).
 //
-// The 1x1 convolution's kernel gradient x^T dy with both operands in their natural layout (below).
+// The kernel gradient of a dense convolution (1x1 and 3x3 in the UNet) with x and dy read in place (below).
 #include <sched.h>
 
 #include <algorithm>
@@ -272,64 +272,93 @@ ffi::Error KernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::Re
   return ffi::Error::Success();
 }
 
-// The 1x1 convolution's kernel gradient dw (ci, co) = x (m, ci)^T dy (m, co), both operands in
-// their natural (pixel-major) layout: inside a train step XLA:CPU feeds its own dot with a
-// transposed copy of one operand, recomputing the BatchNorm backward into it.
-// Tiles of RI rows x V vectors of dw stay in registers while MC pixels (in L2) stream through.
+// The kernel gradient of a dense k x k convolution (stride s, any padding), k = 1 included:
+// dw[a][b] (ci, co) = sum over output pixels of x(pixel's tap (a, b) input) (ci) dy(pixel) (co),
+// reading x and dy where they lie. XLA:CPU computes it as one dot per tap over a shifted copy of
+// x, and inside a train step feeds each dot a transposed copy (recomputing the BatchNorm backward
+// into it). Tiles of RI rows x V vectors of dw stay in registers while a chunk of >= MC pixels
+// (row segments, in L2) streams through.
 constexpr int RI = 4, MC = 256;
 
+struct Segment {  // len output pixels of one row: dy at d (contiguous), x at x (every xstep floats)
+  const float* x;
+  const float* d;
+  int len;
+};
+
 template <int V>
-void tn_tile(const float* x, const float* dy, float* dw, int ci, int co, int mc, int i, int o) {
+void tn_tile(const Segment* seg, int nseg, int xstep, float* dw, int co, int i, int o) {
   v16 acc[RI][V];
 #pragma GCC unroll 4
   for (int r = 0; r < RI; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < V; ++j) acc[r][j] = ld(dw + (int64_t)(i + r) * co + o + 16 * j);
-  for (int m = 0; m < mc; ++m) {
-    const float* xr = x + (int64_t)m * ci + i;
-    v16 d[V];
+  for (int q = 0; q < nseg; ++q)
+    for (int m = 0; m < seg[q].len; ++m) {
+      const float* xr = seg[q].x + (int64_t)m * xstep + i;
+      v16 d[V];
 #pragma GCC unroll 4
-    for (int j = 0; j < V; ++j) d[j] = ld(dy + (int64_t)m * co + o + 16 * j);
+      for (int j = 0; j < V; ++j) d[j] = ld(seg[q].d + (int64_t)m * co + o + 16 * j);
 #pragma GCC unroll 4
-    for (int r = 0; r < RI; ++r)
+      for (int r = 0; r < RI; ++r)
 #pragma GCC unroll 4
-      for (int j = 0; j < V; ++j) acc[r][j] += xr[r] * d[j];
-  }
+        for (int j = 0; j < V; ++j) acc[r][j] += xr[r] * d[j];
+    }
 #pragma GCC unroll 4
   for (int r = 0; r < RI; ++r)
 #pragma GCC unroll 4
     for (int j = 0; j < V; ++j) st(dw + (int64_t)(i + r) * co + o + 16 * j, acc[r][j]);
 }
 
-// dw rows [i0, i1) (multiples of RI), summed over all m pixels.
-void tn_rows(const float* x, const float* dy, float* dw, int64_t m, int ci, int co, int i0, int i1) {
-  std::memset(dw + (int64_t)i0 * co, 0, (size_t)(i1 - i0) * co * 4);
-  for (int64_t m0 = 0; m0 < m; m0 += MC) {
-    int mc = (int)std::min<int64_t>(MC, m - m0);
-    const float* xc = x + m0 * ci;
-    const float* dc = dy + m0 * co;
-    for (int i = i0; i < i1; i += RI) {
-      int o = 0;
-      for (; o + 64 <= co; o += 64) tn_tile<4>(xc, dc, dw, ci, co, mc, i, o);
-      switch ((co - o) / 16) {
-        case 3: tn_tile<3>(xc, dc, dw, ci, co, mc, i, o); break;
-        case 2: tn_tile<2>(xc, dc, dw, ci, co, mc, i, o); break;
-        case 1: tn_tile<1>(xc, dc, dw, ci, co, mc, i, o); break;
-      }
+struct Dense {
+  int n, h, w, ci, ho, wo, co, k, stride, top, left;
+};
+
+// Rows [i0, i1) (multiples of RI) of every tap's dw.
+void dense_kernel_grad_rows(const float* x, const float* dy, float* dw, const Dense& g, int i0, int i1) {
+  int s = g.stride;
+  std::vector<Segment> seg;
+  for (int a = 0; a < g.k; ++a)
+    for (int b = 0; b < g.k; ++b) {
+      float* dwt = dw + (int64_t)(a * g.k + b) * g.ci * g.co;
+      for (int i = i0; i < i1; ++i) std::memset(dwt + (int64_t)i * g.co, 0, g.co * 4);
+      // output columns whose tap-b input column (ow * s + b - left) lies inside the image
+      int first = std::max(0, (g.left - b + s - 1) / s), last = std::min(g.wo, (g.w - 1 + g.left - b) / s + 1);
+      if (g.w - 1 + g.left - b < 0 || first >= last) continue;
+      auto flush = [&] {
+        for (int i = i0; i < i1; i += RI) {
+          int o = 0;
+          for (; o + 64 <= g.co; o += 64) tn_tile<4>(seg.data(), seg.size(), s * g.ci, dwt, g.co, i, o);
+          switch ((g.co - o) / 16) {
+            case 3: tn_tile<3>(seg.data(), seg.size(), s * g.ci, dwt, g.co, i, o); break;
+            case 2: tn_tile<2>(seg.data(), seg.size(), s * g.ci, dwt, g.co, i, o); break;
+            case 1: tn_tile<1>(seg.data(), seg.size(), s * g.ci, dwt, g.co, i, o); break;
+          }
+        }
+        seg.clear();
+      };
+      int pixels = 0;
+      for (int img = 0; img < g.n; ++img)
+        for (int oh = 0; oh < g.ho; ++oh) {
+          int ih = oh * s + a - g.top;
+          if (ih < 0 || ih >= g.h) continue;
+          seg.push_back({x + ((int64_t)(img * g.h + ih) * g.w + first * s + b - g.left) * g.ci,
+                         dy + ((int64_t)(img * g.ho + oh) * g.wo + first) * g.co, last - first});
+          if ((pixels += last - first) >= MC) flush(), pixels = 0;
+        }
+      if (!seg.empty()) flush();
     }
-  }
 }
 
-ffi::Error MatmulKernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw) {
-  auto xd = x.dimensions(), dd = dy.dimensions();
-  int64_t m = 1;
-  for (size_t a = 0; a + 1 < xd.size(); ++a) m *= xd[a];
-  int ci = (int)xd.back(), co = (int)dd.back();
-  if (ci % RI || co % 16) return ffi::Error::InvalidArgument("matmul_kernel_grad: channels must be multiples of 4 and 16");
-  int tiles = ci / RI;
-  parallel_for(tiles, [&](int a, int b) {
-    tn_rows(x.typed_data(), dy.typed_data(), dw->typed_data(), m, ci, co, a * RI, b * RI);
-  });
+// dw (k, k, ci, co) from x (n, h, w, ci) and dy (n, ho, wo, co); attributes stride, top, left.
+ffi::Error DenseKernelGrad(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
+                           int64_t stride, int64_t top, int64_t left) {
+  auto xd = x.dimensions(), dd = dy.dimensions(), wd = dw->dimensions();
+  Dense g{(int)xd[0], (int)xd[1], (int)xd[2], (int)xd[3], (int)dd[1], (int)dd[2], (int)dd[3], (int)wd[0],
+          (int)stride, (int)top, (int)left};
+  if (g.ci % RI || g.co % 16)
+    return ffi::Error::InvalidArgument("dense_kernel_grad: channels must be multiples of 4 (in) and 16 (out)");
+  parallel_for(g.ci / RI, [&](int a, int b) { dense_kernel_grad_rows(x.typed_data(), dy.typed_data(), dw->typed_data(), g, a * RI, b * RI); });
   return ffi::Error::Success();
 }
 
@@ -342,5 +371,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SaltGroupedConvInputGrad, InputGrad,
                               ffi::Ffi::Bind().Arg<BUF>().Arg<BUF>().Ret<BUF>().Attr<int64_t>("stride"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SaltGroupedConvKernelGrad, KernelGrad,
                               ffi::Ffi::Bind().Arg<BUF>().Arg<BUF>().Ret<BUF>().Attr<int64_t>("stride"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(SaltMatmulKernelGrad, MatmulKernelGrad,
-                              ffi::Ffi::Bind().Arg<BUF>().Arg<BUF>().Ret<BUF>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(SaltDenseKernelGrad, DenseKernelGrad,
+                              ffi::Ffi::Bind().Arg<BUF>().Arg<BUF>().Ret<BUF>().Attr<int64_t>("stride")
+                                  .Attr<int64_t>("top").Attr<int64_t>("left"));

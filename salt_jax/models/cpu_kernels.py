@@ -40,9 +40,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 SOURCE = pathlib.Path(__file__).with_suffix(".cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
-_TARGETS = ("GroupedConvForward", "GroupedConvInputGrad", "GroupedConvKernelGrad", "MatmulKernelGrad")
+_TARGETS = ("GroupedConvForward", "GroupedConvInputGrad", "GroupedConvKernelGrad", "DenseKernelGrad")
 CHANNEL_BLOCK = 64  # CB of the source: the grouped conv works on blocks of 64 channels
-POINTWISE_MIN_PIXELS = 4096  # below, XLA's dot measured as fast or faster (docs/BENCHMARKS.md)
+POINTWISE_MIN_PIXELS = 2048  # below, XLA's dot (with its transposed copies) was as fast (docs/BENCHMARKS.md)
 
 
 def _cpu_id() -> str:
@@ -175,36 +175,50 @@ def _grouped_bwd(stride, residuals, dy):
 grouped_conv2d.defvjp(_grouped_fwd, _grouped_bwd)
 
 
+def supports_dense_kernel_grad(x_shape, kernel_shape) -> bool:
+    """`dense_kernel_grad` computes this kernel gradient: channels multiples of 4 in and 16 out."""
+    return kernel_shape[-2] % 4 == 0 and kernel_shape[-1] % 16 == 0
+
+
 def supports_pointwise(x_shape, kernel_shape) -> bool:
-    """`pointwise_conv` pays off: enough pixels (N*H*W), channels multiples of 4 in and 16 out."""
-    ci, co = kernel_shape
-    return int(np.prod(x_shape[:-1])) >= POINTWISE_MIN_PIXELS and ci % 4 == 0 and co % 16 == 0
+    """`pointwise_conv` pays off: enough pixels (N*H*W) and channels `dense_kernel_grad` takes."""
+    return int(np.prod(x_shape[:-1])) >= POINTWISE_MIN_PIXELS and supports_dense_kernel_grad(x_shape, kernel_shape)
 
 
-@custom_partitioning
-def _pointwise_kernel_grad(x, dy):
-    return _call("MatmulKernelGrad", (x.shape[-1], dy.shape[-1]), x, dy)
+@functools.partial(custom_partitioning, static_argnums=(2, 3, 4, 5))
+def _dense_kernel_grad(x, dy, shape, stride, top, left):
+    return _call("DenseKernelGrad", shape, x, dy, stride=stride, top=top, left=left)
 
 
-def _pointwise_shardings(mesh, arg_shapes):
+def _dense_shardings(mesh, arg_shapes):
     batch = NamedSharding(mesh, PartitionSpec(_batch_axes(arg_shapes[0].sharding)))
     return NamedSharding(mesh, PartitionSpec()), (batch, batch)
 
 
-def _pointwise_partition(mesh, arg_shapes, result_shape):
-    out, args = _pointwise_shardings(mesh, arg_shapes)
+def _dense_partition(shape, stride, top, left, mesh, arg_shapes, result_shape):
+    out, args = _dense_shardings(mesh, arg_shapes)
     axes = _batch_axes(args[0])
 
     def lower(x, dy):  # each device's images, then the sum over the devices
-        local = _call("MatmulKernelGrad", (x.shape[-1], dy.shape[-1]), x, dy)
+        local = _call("DenseKernelGrad", shape, x, dy, stride=stride, top=top, left=left)
         return local if axes is None else jax.lax.psum(local, axes)
 
     return mesh, lower, out, args
 
 
-_pointwise_kernel_grad.def_partition(
-    _pointwise_partition, infer_sharding_from_operands=lambda mesh, arg_shapes, _: _pointwise_shardings(mesh, arg_shapes)[0],
-    sharding_rule="n h w i, n h w o -> i o", reduction_factors=("n", "h", "w"))
+def _dense_infer(shape, stride, top, left, mesh, arg_shapes, result_shape):
+    return _dense_shardings(mesh, arg_shapes)[0]
+
+
+_dense_kernel_grad.def_partition(_dense_partition, infer_sharding_from_operands=_dense_infer,
+                                 sharding_rule="n h w i, n y z o -> k l i o", reduction_factors=("n",))
+
+
+def dense_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape, stride: int, padding) -> jax.Array:
+    """The kernel gradient (k, k, ci, co) of a dense convolution of x (stride, padding ((top, _),
+    (left, _))) given its output cotangent dy, without XLA's shifted and transposed copies."""
+    (top, _), (left, _) = padding
+    return _dense_kernel_grad(x, dy, tuple(kernel_shape), stride, top, left)
 
 
 @jax.custom_vjp
@@ -219,7 +233,8 @@ def _pointwise_fwd(x, kernel):
 
 def _pointwise_bwd(residuals, dy):
     x, kernel = residuals
-    return jnp.einsum("nhwo,io->nhwi", dy, kernel), _pointwise_kernel_grad(x, dy)
+    dk = dense_kernel_grad(x, dy, (1, 1, *kernel.shape), 1, ((0, 0), (0, 0)))
+    return jnp.einsum("nhwo,io->nhwi", dy, kernel), dk[0, 0]
 
 
 pointwise_conv.defvjp(_pointwise_fwd, _pointwise_bwd)

@@ -60,8 +60,12 @@ def tapwise_kernel_grad(x: Array, dy: Array, kernel_shape, stride: int, padding:
     so its gradient is one (per-group) matmul of the shifted, strided input with `dy`, summed
     over (n, h, w). Nine matmuls for a 3x3 kernel, each reading one shifted view of the padded
     (and, for a transposed conv, dilated) input: no patch tensor nine times the size of `x` is
-    built. Accumulates in float32.
+    built. Accumulates in float32. On XLA:CPU in float32, without groups or dilation, where the
+    C++ kernels built: `cpu_kernels.dense_kernel_grad`, the same sums reading x and dy in place.
     """
+    if groups == 1 and dilation == 1 and cpu_kernels.usable(dy.dtype) and cpu_kernels.supports_dense_kernel_grad(
+            x.shape, kernel_shape):
+        return cpu_kernels.dense_kernel_grad(x, dy, kernel_shape, stride, padding)  # the same sums, in place
     kh, kw, cin_g, cout = kernel_shape
     n, ho, wo, _ = dy.shape
     (top, bottom), (left, right) = padding
@@ -195,7 +199,7 @@ class Conv(nnx.Conv):
     """nnx.Conv (same parameters: `kernel` (k, k, in, out), `bias`) with a choice of algorithm.
 
     "xla": nnx.Conv's convolution. "matmul": a 1x1 kernel is one matmul (after the stride's
-    subsampling), whose kernel gradient over >= 4096 pixels in float32 on XLA:CPU comes from
+    subsampling), whose kernel gradient over >= 2048 pixels in float32 on XLA:CPU comes from
     `cpu_kernels.pointwise_conv` where the C++ kernels built; a 3x3 kernel keeps XLA's forward
     and input gradient and takes its kernel gradient from `tapwise_kernel_grad`, except at
     stride 1 where the kernel outweighs the map (`kernel_outweighs_map`), where it is
@@ -280,6 +284,7 @@ def example_weights(valid: Array):
         _EXAMPLE_WEIGHTS.reset(token)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_transpose_phases(x: Array, kernel: Array, stride: int, padding: int) -> Array:
     """torch's `ConvTranspose2d(k, stride, padding)` where k - 2 * padding = stride (output =
     stride x the input), as `stride**2` output phases, each a sum of tap matmuls on the input.
@@ -290,7 +295,15 @@ def conv_transpose_phases(x: Array, kernel: Array, stride: int, padding: int) ->
     zero-dilated input ("taps") multiplies zeros in 3 of 4 products at stride 2 and copies the
     dilated input once per tap for its kernel gradient; here every product counts.
     kernel: (k, k, out, in), tap [a, b] torch's weight[:, :, a, b] transposed.
+    The kernel gradient sums dy at output pixel stride * i + a - padding times x at i: the
+    kernel gradient of a strided convolution of dy with x as its cotangent, which on XLA:CPU is
+    `cpu_kernels.dense_kernel_grad(dy, x, ...)` (autodiff instead pads each tap's gradient to
+    the whole kernel and adds the 16).
     """
+    return _phases(x, kernel, stride, padding)
+
+
+def _phases(x, kernel, stride, padding):
     k = kernel.shape[0]
     n, h, w, _ = x.shape
     taps = [[(a, (r + padding - a) // stride) for a in range(k) if (r + padding - a) % stride == 0]
@@ -307,6 +320,22 @@ def conv_transpose_phases(x: Array, kernel: Array, stride: int, padding: int) ->
                             for a, di in taps[r] for b, dj in taps[t]).astype(x.dtype))
         rows.append(jnp.stack(cols, axis=3))  # (n, h, w, t, out)
     return jnp.stack(rows, axis=2).reshape(n, h * stride, w * stride, kernel.shape[2])
+
+
+def _phases_fwd(x, kernel, stride, padding):
+    return _phases(x, kernel, stride, padding), (x, kernel)
+
+
+def _phases_bwd(stride, padding, residuals, dy):
+    x, kernel = residuals
+    if cpu_kernels.usable(dy.dtype) and cpu_kernels.supports_dense_kernel_grad(dy.shape, kernel.shape):
+        _, input_vjp = jax.vjp(lambda x: _phases(x, kernel, stride, padding), x)
+        dk = cpu_kernels.dense_kernel_grad(dy, x, kernel.shape, stride, _pairs(padding))
+        return input_vjp(dy)[0], dk
+    return jax.vjp(lambda x, kernel: _phases(x, kernel, stride, padding), x, kernel)[1](dy)
+
+
+conv_transpose_phases.defvjp(_phases_fwd, _phases_bwd)
 
 
 class ConvTranspose(nnx.ConvTranspose):
