@@ -1,13 +1,17 @@
-"""Two convolution pieces as C++ loops called through the XLA FFI, for XLA:CPU only.
+"""Convolution pieces as C++ loops called through the XLA FFI (`cpu_kernels.cc`), XLA:CPU only.
 
 - `grouped_conv2d`: the grouped 3x3 convolution, forward, input gradient and kernel gradient.
   XLA:CPU runs a grouped convolution as a generic loop and takes its kernel gradient from copies
-  of shifted inputs; the loops of `cpu_kernels.cc` keep the output channels in vector registers
-  (per layer 2-3x faster forward, 4-9x backward than "blocks", docs/BENCHMARKS.md).
-- `pointwise_conv`: the 1x1 convolution as a matmul whose kernel gradient x^T dy reads both
-  operands in their natural layout. Inside a train step XLA:CPU feeds its own dot a transposed
-  copy of one operand and recomputes the BatchNorm backward into that copy (~60 ms for each
-  (256, 32768) operand).
+  of shifted inputs; the C++ loops keep blocks of output channels in vector registers (per
+  layer 1.2-2.6x faster forward, 2.3-8.5x backward than "blocks"; only layer4's stride-1
+  backward at 16 px is slower, 0.8x; docs/BENCHMARKS.md).
+- `dense_kernel_grad`: the kernel gradient of a dense convolution (1x1, 3x3, any stride and
+  padding), reading x and dy in place. XLA:CPU computes it as one dot per tap over a shifted
+  copy of x and, inside a train step, feeds each dot a transposed copy of an operand with the
+  BatchNorm backward recomputed into it (~60 ms for each (256, 32768) operand). Used by
+  `pointwise_conv` (a 1x1 conv as a matmul), by `layers.tapwise_kernel_grad` (the 3x3 convs) and
+  by `layers.conv_transpose_phases` (a transposed conv's kernel gradient is that of a strided
+  convolution of dy with x as the cotangent).
 
 The source is compiled once per machine with the system's C++ compiler (`$CXX`, else
 `c++`/`g++`/`clang++`) for the machine's own CPU (`-march=native`) into

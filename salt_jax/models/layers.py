@@ -478,7 +478,8 @@ def default_grouped_impl(groups: int = 32) -> str:
     C++ compiler on Linux), else "blocks". XLA:CPU runs a 32-group conv ("native") as a generic
     loop, its forward and input gradient 5-40x slower than torch's and its kernel gradient ~50x
     slower than a dense conv (docs/BENCHMARKS.md). "ffi" computes all three in C++ loops (per
-    layer 4-18x faster than "blocks" in the backward); "blocks" computes forward and input
+    layer 1.2-2.6x faster than "blocks" forward, 2.3-8.5x backward, but for layer4's stride-1
+    backward, 0.8x); "blocks" computes forward and input
     gradient as dense convolutions over blocks of `BLOCK_GROUPS` groups and the kernel gradient
     with matmuls ("taps", which keeps XLA's grouped forward, is the formulation before it).
     Where "ffi" does not cover a layer (bfloat16, other shapes: `cpu_kernels.supports_grouped`),
