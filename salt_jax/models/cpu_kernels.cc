@@ -5,13 +5,14 @@
 // these loops keep blocks of output channels in vector registers. Two forms, chosen by the
 // channels per group (cpg):
 //   shift (cpg 1-8):   y[c] += x[c + d] * wd[d][c] for d in (-cpg, cpg), wd zero outside c's
-//                      group: every operand a contiguous channel vector, (2 cpg - 1) / cpg the work;
+//                      group: every operand a contiguous channel vector, (2 cpg - 1) / cpg the work
+//                      (a neighbouring group's inf or NaN, times that zero, reaches c as NaN);
 //   bcast (cpg 16-64): a 16-lane vector of output channels lies in one group, so
 //                      y[lanes] += x[group input channel] (broadcast) * w[ci][lanes].
 // The input gradient is the same loop over dy with each group's kernel transposed, gathering the
 // output pixels that read each input pixel (any stride).
 //
-// The kernel gradient of a dense convolution (1x1 and 3x3 in the UNet) with x and dy read in place (below).
+// The kernel gradient of a dense convolution (1x1 and 3x3 in the UNet), x and dy read in place (below).
 #include <sched.h>
 
 #include <algorithm>
