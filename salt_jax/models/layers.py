@@ -479,9 +479,9 @@ def default_grouped_impl(groups: int = 32) -> str:
     loop, its forward and input gradient 5-40x slower than torch's and its kernel gradient ~50x
     slower than a dense conv (docs/BENCHMARKS.md). "ffi" computes all three in C++ loops (per
     layer 1.2-2.6x faster than "blocks" forward, 2.3-8.5x backward, but for layer4's stride-1
-    backward, 0.8x); "blocks" computes forward and input
-    gradient as dense convolutions over blocks of `BLOCK_GROUPS` groups and the kernel gradient
-    with matmuls ("taps", which keeps XLA's grouped forward, is the formulation before it).
+    backward, 0.8x); "blocks" computes forward and input gradient as dense convolutions over
+    blocks of `BLOCK_GROUPS` groups and the kernel gradient with matmuls ("taps", which keeps
+    XLA's grouped forward, is the formulation before it).
     Where "ffi" does not cover a layer (bfloat16, other shapes: `cpu_kernels.supports_grouped`),
     the default falls back to "blocks". 4 groups or fewer (the tiny encoder) take "dense": the
     block-diagonal kernel costs only 4x the FLOPs there and its train step measured 12% faster
