@@ -16,7 +16,8 @@
 The source is compiled once per machine with the system's C++ compiler (`$CXX`, else
 `c++`/`g++`/`clang++`) for the machine's own CPU (`-march=native`) into
 `$SALT_JAX_KERNEL_CACHE` (default `~/.cache/salt_jax/kernels`), named by a hash of the source, the
-flags, jax's version and the CPU, so an edit or another CPU builds anew. Without a compiler (or
+flags, jax's version and the CPU, so an edit or another CPU builds anew; a cached library whose
+bytes no longer match the digest written at build time is built again, never loaded. Without a compiler (or
 off Linux) `available()` is False, with one warning, and the layers keep their XLA formulations;
 `SALT_JAX_CPU_KERNELS=0` makes it False on purpose (no native code, or to compare).
 Under a mesh every call partitions along the batch (`jax.experimental.custom_partitioning`):
@@ -65,8 +66,13 @@ def _compiler() -> str | None:
     return None
 
 
+def _digest(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _build() -> pathlib.Path:
-    """Compile the source unless a library for this source, these flags and this CPU exists."""
+    """The compiled library for this source, these flags and this CPU: the cached one if its bytes
+    match the digest written beside it at build time, else built (again)."""
     cxx = _compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler (set CXX)")
@@ -74,7 +80,8 @@ def _build() -> pathlib.Path:
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, *FLAGS, include, jax.__version__, _cpu_id()]).encode())
     cache = pathlib.Path(os.environ.get("SALT_JAX_KERNEL_CACHE", pathlib.Path.home() / ".cache" / "salt_jax" / "kernels"))
     lib = cache / f"cpu_kernels-{key.hexdigest()[:16]}.so"
-    if lib.exists():
+    stamp = lib.with_suffix(".sha256")
+    if lib.exists() and stamp.exists() and stamp.read_text() == _digest(lib):
         return lib
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:  # build aside, then rename: safe when two processes build
@@ -82,7 +89,9 @@ def _build() -> pathlib.Path:
         done = subprocess.run([cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(out)], capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"{cxx} failed on {SOURCE.name}: {done.stderr.strip()[-2000:]}")
+        (pathlib.Path(tmp) / stamp.name).write_text(_digest(out))
         os.replace(out, lib)
+        os.replace(pathlib.Path(tmp) / stamp.name, stamp)
     return lib
 
 
