@@ -225,22 +225,24 @@ ffi::Error check(const Geo& g) {
   return ffi::Error::Success();
 }
 
-ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
-  auto xd = x.dimensions(), yd = y->dimensions();
-  Geo g{(int)xd[0], (int)xd[1], (int)xd[2], (int)xd[3], (int)yd[1], (int)yd[2], (int)stride, (int)w.dimensions()[2]};
+// out = conv(src = x, w) (transposed = false) or the input gradient out = dx from src = dy
+// (transposed = true): the same loops, the geometry from src's and out's shapes.
+ffi::Error Conv(ffi::Buffer<ffi::F32> src, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> out, int64_t stride,
+                bool transposed) {
+  auto sd = src.dimensions(), od = out->dimensions();
+  Geo g{(int)sd[0], (int)sd[1], (int)sd[2], (int)sd[3], (int)od[1], (int)od[2], (int)stride, (int)w.dimensions()[2]};
   if (auto e = check(g); e.failure()) return e;
-  auto wp = prepare_kernel(w.typed_data(), g, false);
-  parallel_for(g.n * g.ho, [&](int a, int b) { conv_rows(x.typed_data(), wp.data(), y->typed_data(), g, false, a, b); });
+  auto wp = prepare_kernel(w.typed_data(), g, transposed);
+  parallel_for(g.n * g.ho, [&](int a, int b) { conv_rows(src.typed_data(), wp.data(), out->typed_data(), g, transposed, a, b); });
   return ffi::Error::Success();
 }
 
+ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y, int64_t stride) {
+  return Conv(x, w, y, stride, false);
+}
+
 ffi::Error InputGrad(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx, int64_t stride) {
-  auto dd = dy.dimensions(), xd = dx->dimensions();
-  Geo g{(int)dd[0], (int)dd[1], (int)dd[2], (int)dd[3], (int)xd[1], (int)xd[2], (int)stride, (int)w.dimensions()[2]};
-  if (auto e = check(g); e.failure()) return e;
-  auto wp = prepare_kernel(w.typed_data(), g, true);
-  parallel_for(g.n * g.ho, [&](int a, int b) { conv_rows(dy.typed_data(), wp.data(), dx->typed_data(), g, true, a, b); });
-  return ffi::Error::Success();
+  return Conv(dy, w, dx, stride, true);
 }
 
 // dw (n, 3, 3, cpg, c): each image's kernel gradient (summed by the caller, so that the call
