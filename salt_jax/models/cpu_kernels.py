@@ -188,14 +188,14 @@ def _grouped_bwd(stride, residuals, dy):
 grouped_conv2d.defvjp(_grouped_fwd, _grouped_bwd)
 
 
-def supports_dense_kernel_grad(x_shape, kernel_shape) -> bool:
+def supports_dense_kernel_grad(kernel_shape) -> bool:
     """`dense_kernel_grad` computes this kernel gradient: channels multiples of 4 in and 16 out."""
     return kernel_shape[-2] % 4 == 0 and kernel_shape[-1] % 16 == 0
 
 
 def supports_pointwise(x_shape, kernel_shape) -> bool:
     """`pointwise_conv` pays off: enough pixels (N*H*W) and channels `dense_kernel_grad` takes."""
-    return int(np.prod(x_shape[:-1])) >= POINTWISE_MIN_PIXELS and supports_dense_kernel_grad(x_shape, kernel_shape)
+    return int(np.prod(x_shape[:-1])) >= POINTWISE_MIN_PIXELS and supports_dense_kernel_grad(kernel_shape)
 
 
 @functools.partial(custom_partitioning, static_argnums=(2, 3, 4, 5))

@@ -64,7 +64,7 @@ def tapwise_kernel_grad(x: Array, dy: Array, kernel_shape, stride: int, padding:
     C++ kernels built: `cpu_kernels.dense_kernel_grad`, the same sums reading x and dy in place.
     """
     if groups == 1 and dilation == 1 and cpu_kernels.usable(dy.dtype) and cpu_kernels.supports_dense_kernel_grad(
-            x.shape, kernel_shape):
+            kernel_shape):
         return cpu_kernels.dense_kernel_grad(x, dy, kernel_shape, stride, padding)  # the same sums, in place
     kh, kw, cin_g, cout = kernel_shape
     n, ho, wo, _ = dy.shape
@@ -328,7 +328,7 @@ def _phases_fwd(x, kernel, stride, padding):
 
 def _phases_bwd(stride, padding, residuals, dy):
     x, kernel = residuals
-    if cpu_kernels.usable(dy.dtype) and cpu_kernels.supports_dense_kernel_grad(dy.shape, kernel.shape):
+    if cpu_kernels.usable(dy.dtype) and cpu_kernels.supports_dense_kernel_grad(kernel.shape):
         _, input_vjp = jax.vjp(lambda x: _phases(x, kernel, stride, padding), x)
         dk = cpu_kernels.dense_kernel_grad(dy, x, kernel.shape, stride, _pairs(padding))
         return input_vjp(dy)[0], dk
