@@ -85,12 +85,12 @@ def jax_train_step(model, images_u8: np.ndarray, masks_u8: np.ndarray, *, augmen
     args = (replicate(images_u8, trainer.replicated), replicate(masks_u8, trainer.replicated),
             shard_batch(np.arange(n, dtype=np.int32), trainer.batch_sharded),
             shard_batch(np.ones(n, bool), trainer.batch_sharded), replicate(np.asarray(0, np.int32), trainer.replicated))
-    state = trainer.init_state()
+    leaves, tree = jax.tree.flatten(trainer.init_state())  # the state as the training loop carries it
     start = time.perf_counter()
-    lowered = trainer.train_step.lower(state, *args)
+    lowered = trainer.train_step_flat.lower(tree, leaves, *args)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    last = {"state": state, "out": None}
+    last = {"state": leaves, "tree": tree, "out": None}
 
     def call() -> None:
         last["state"], last["out"] = compiled(last["state"], *args)
@@ -125,17 +125,30 @@ def xla_flops(program: Program) -> tuple[float | None, str]:
     The lowered HLO first: on GPUs the compiled program hands its convolutions to cuDNN as custom
     calls, which XLA's cost analysis counts as zero FLOPs (an H200 run counted 4.9 GFLOP per image
     of the SE-ResNeXt-50 train step, its lowered HLO 239.8; docs/BENCHMARKS.md), while the lowered
-    HLO is the same program on every backend.
+    HLO is the same program on every backend. Backends behind the PJRT C API (the CUDA plugin)
+    refuse `Lowered.cost_analysis()`, so there the lowered module is costed by the CPU backend's
+    analysis (an H100 run of 2026-11-26 fell back to the compiled count without this).
     """
-    for source, stage in (("xla_lowered", program.lowered), ("xla_compiled", program.compiled)):
+    for source, cost_of in (("xla_lowered", _lowered_cost), ("xla_compiled", lambda p: p.compiled.cost_analysis())):
         try:
-            cost = stage.cost_analysis()
+            cost = cost_of(program)
         except Exception:  # some backends do not implement it; the other stage may
             continue
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         if cost and cost.get("flops", 0) > 0:
             return float(cost["flops"]), source
     return None, "unavailable"
+
+
+def _lowered_cost(program: Program) -> dict[str, float]:
+    try:
+        return program.lowered.cost_analysis()
+    except NotImplementedError:  # PJRT C API backend: cost the same HLO module on the CPU backend
+        import jax
+        from jax._src.lib import _jax  # no public API costs an HLO module on another backend
+
+        module = program.lowered._lowering.hlo().as_hlo_module()
+        return _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
 
 
 # ----------------------------------------------------------------------------- torch

@@ -126,9 +126,32 @@ def test_fold_record_names_the_encoder_initialisation(tmp_path):
         assert f"| {expected} |" in bench_grid.render_table([line])
 
 
+def test_xla_flops_counts_the_lowered_program_also_where_the_backend_refuses_to():
+    """A (16, 32) @ (32, 8) matmul is 2 * 16 * 32 * 8 FLOPs by hand. The CUDA plugin (PJRT C API)
+    raises NotImplementedError from Lowered.cost_analysis(); the fallback costs the same module on
+    the CPU backend instead of the compiled GPU program, whose cuDNN calls count as zero."""
+    import jax
+    import jax.numpy as jnp
+    import programs
+
+    lowered = jax.jit(jnp.matmul).lower(jnp.ones((16, 32)), jnp.ones((32, 8)))
+    program = programs.Program(lambda: None, lambda: None, 0.0, compiled=None, lowered=lowered)
+    assert programs.xla_flops(program) == (2 * 16 * 32 * 8, "xla_lowered")
+
+    class PluginLowered:  # what Lowered.cost_analysis() does on a PJRT C API backend
+        _lowering = lowered._lowering
+
+        def cost_analysis(self):
+            raise NotImplementedError("Lowered.cost_analysis not implemented on platform 'cuda'")
+
+    program.lowered = PluginLowered()
+    assert programs.xla_flops(program) == (2 * 16 * 32 * 8, "xla_lowered")
+
+
 def test_the_timed_train_step_trains():
     """programs.jax_train_step (training's own step, built by loop.build_trainer): repeated on one
     batch, the loss falls and the step counter counts the calls (the donated state is carried)."""
+    import jax
     import programs
 
     images, masks = programs.synthetic_batch(4)
@@ -137,7 +160,8 @@ def test_the_timed_train_step_trains():
     for _ in range(6):
         program.blocking()
         losses.append(float(program.last["out"]["loss"]))
-    assert int(program.last["state"]["step"]) == 6
+    state = jax.tree.unflatten(program.last["tree"], program.last["state"])
+    assert int(state["step"]) == 6
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
 
 

@@ -171,7 +171,7 @@ def run(cfg: TrainConfig) -> RunResult:
         # A re-run of a finished run (no epoch left) redraws a figure that a crash left unwritten.
         last_probs = _evaluate(trainer, state, arrays, cfg, progress["next_epoch"] - 1)[2]
     _pictures(workdir, progress["history"], data, last_probs, log)
-    compiles = {"train_step": trainer.train_step._cache_size(), "eval_step": trainer.eval_step._cache_size()}
+    compiles = {"train_step": trainer.train_step_flat._cache_size(), "eval_step": trainer.eval_step._cache_size()}
     return RunResult(workdir, progress["history"], progress["best_val_map"], state, compiles, empty_val_map,
                      progress.get("start_val_map"))
 
@@ -405,13 +405,14 @@ def _train_epoch(trainer: Trainer, state, arrays, cfg: TrainConfig, epoch: int, 
     bar = tqdm(total=len(data.train_images), unit="img", unit_scale=True, leave=False, disable=not log.show_progress,
                desc=f"epoch {epoch}")
     start = time.perf_counter()
+    leaves, tree = jax.tree.flatten(state)  # flat for the whole epoch: see Trainer.train_step_flat
     for i, (idx, valid) in enumerate(batches):
-        state, out = trainer.train_step(state, arrays["train_images"], arrays["train_masks"],
-                                      shard_batch(idx, trainer.batch_sharded), shard_batch(valid, trainer.batch_sharded),
-                                      epoch_arg)
+        leaves, out = trainer.train_step_flat(tree, leaves, arrays["train_images"], arrays["train_masks"],
+                                              shard_batch(idx, trainer.batch_sharded),
+                                              shard_batch(valid, trainer.batch_sharded), epoch_arg)
         losses.append(out["loss"])
         if sync_each_step:
-            jax.block_until_ready(state)
+            jax.block_until_ready(leaves)
         if i % PROGRESS_EVERY == 0 and i > 0:
             _check_finite(losses[-2:-1], first_step + i - 1, epoch)
             bar.set_postfix(loss=f"{float(losses[-2]):.4f}")
@@ -420,7 +421,7 @@ def _train_epoch(trainer: Trainer, state, arrays, cfg: TrainConfig, epoch: int, 
     seconds = time.perf_counter() - start
     bar.close()
     _check_finite(values, first_step, epoch)
-    return state, float(values.mean()), seconds
+    return jax.tree.unflatten(tree, leaves), float(values.mean()), seconds
 
 
 def _must_sync_each_step() -> bool:
