@@ -4,19 +4,22 @@ orbax stores arrays zstd-compressed without a checksum of their own: a flipped b
 file mostly decodes to other values without any error. Every checkpoint and saved model of
 salt_jax therefore records a BLAKE2b digest of each array (dtype, shape and bytes, as the host
 sees them) next to it, and the reader compares the arrays it restored with those digests.
-Hashing runs at ~1 GB/s, about a second per save for the largest train state.
+Hashing runs at ~1 GB/s a thread, on a thread pool (`tree_checksums`).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
+import os
 from typing import Any
 
 import jax
 import numpy as np
 
 ALGORITHM = "blake2b-128"
+_THREADS = min(16, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def _host(x) -> np.ndarray:
@@ -35,8 +38,15 @@ def digest(array) -> str:
 
 
 def tree_checksums(tree) -> dict[str, str]:
-    """{key path: digest} for every array leaf of `tree`."""
-    return {jax.tree_util.keystr(path): digest(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+    """{key path: digest} for every array leaf of `tree`.
+
+    The leaves are copied and hashed on a thread pool (both release the GIL): one thread took
+    1.0 s for the SE-ResNeXt-50's 802 MB train state on our 2-core CPU, at every checkpoint.
+    """
+    items = jax.tree_util.tree_leaves_with_path(tree)
+    with concurrent.futures.ThreadPoolExecutor(_THREADS) as pool:
+        digests = pool.map(lambda item: digest(item[1]), items)
+        return {jax.tree_util.keystr(path): d for (path, _), d in zip(items, digests)}
 
 
 def json_checksum(value: Any) -> str:
