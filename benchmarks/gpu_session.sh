@@ -36,8 +36,12 @@ SELECTIONS="$plans" BENCH_DEADLINE="${HEADLINE_S:-270}" bash benchmarks/gpu_all.
 source benchmarks/gpu_env.sh
 OUT="${OUT:-runs/gpu-session}"
 mkdir -p "$OUT"
-winner="$("$PY" benchmarks/bench_grid.py --table --results "$GPU_RESULTS" \
-  | sed -n "/^RECOMMENDATION (CPU/d; s/^RECOMMENDATION (.*): default_grouped_impl -> '\([a-z]*\)'.*/\1/p" | head -1)"
+# This GPU's own recommendation (results.jsonl holds other devices' too; nvidia-smi's name is
+# the device_kind the lines record); none on a CPU dry run.
+gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+winner=""
+[ -z "$gpu_name" ] || winner="$("$PY" benchmarks/bench_grid.py --table --results "$GPU_RESULTS" \
+  | grep -F "RECOMMENDATION ($gpu_name):" | sed -n "s/.*default_grouped_impl -> '\([a-z]*\)'.*/\1/p" | head -1)"
 echo "grouped conv for the profile and the fold: ${winner:-the default (no GPU winner measured)}"
 export SALT_JAX_GROUPED_CONV="${winner:-}"
 profile_model=se_resnext50_32x4d
