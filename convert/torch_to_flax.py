@@ -28,6 +28,7 @@ import urllib.error
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
 
@@ -300,7 +301,9 @@ def convert_state(arch: str, torch_state: dict[str, np.ndarray]):
                 f"after {entry.transform!r}, but {_dotted(entry.flax_path)} is {leaf.shape}"
             )
             continue
-        filled[entry.flax_path] = value.astype(leaf.dtype)
+        # A device array, not numpy: a jitted call copies numpy arguments to the device on every
+        # call (the SE-ResNeXt-50 UNet's forward took 0.97 s with numpy weights, 0.78 s without).
+        filled[entry.flax_path] = jnp.asarray(value, leaf.dtype)
 
     used = {e.torch_key for e in entries}
     unexpected = sorted(k for k in torch_state if k not in used and not k.endswith("num_batches_tracked"))

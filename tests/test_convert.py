@@ -77,6 +77,13 @@ def test_missing_unexpected_and_misshaped_keys_are_all_listed(tiny_state):
     assert "(3, 3, 1, 8)" in message and "(3, 3, 2, 8)" in message  # ours and the expected HWIO
 
 
+def test_converted_weights_are_device_arrays(tiny_state):
+    """numpy leaves would be copied to the device by every jitted call of the model (a 25%
+    slower SE-ResNeXt-50 forward on the CPU, the weights' bytes each call)."""
+    leaves = jax.tree.leaves(nnx.state(convert_state(ARCH, tiny_state)))
+    assert leaves and all(isinstance(leaf, jax.Array) for leaf in leaves)
+
+
 def test_num_batches_tracked_is_ignored_but_nothing_else(tiny_state):
     tiny_state = {k: v for k, v in tiny_state.items() if not k.endswith("num_batches_tracked")}
     convert_state(ARCH, tiny_state)  # absent counters are fine
