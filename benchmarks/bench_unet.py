@@ -22,9 +22,11 @@ default before issue 11); "taps", the default with the grouped convs on "taps" (
 forward and input gradient: the CPU default until "blocks", 2026-11-26); "blocks", the default
 with the grouped convs on "blocks" (the CPU default until "ffi", and its fallback).
 torch runs in a worker process of its own by default (`--same-process` for the old way), its calls
-alternating with JAX's through a pipe: in one process JAX's calls ran ~20% slower with a warm
-torch beside them even after settling (SaltUNet-50 inference 0.99 s against 0.77-0.80 s in a JAX-only
-process, 2026-11-26), so the shared process charged torch's after-effects to JAX.
+alternating with JAX's through a pipe, so that neither framework's threads or allocator share a
+process with the other's. (The ~20% slower JAX inference first blamed on a warm torch in the same
+process, 0.99 s against 0.77-0.80 s JAX-only, was numpy weights: the JAX model converted from
+torch's held numpy arrays, which every jitted call copied; convert_state returns device arrays
+since 2026-11-26.)
 Before issue 14 this script timed its own copy of a train step (BCE losses, plain Adam) under
 the task names unet_forward / unet_train_step; those lines stay in results.jsonl as they were.
 """

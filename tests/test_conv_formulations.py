@@ -361,6 +361,7 @@ def test_kernel_outweighs_map_picks_the_cases_above():
     # The 50's decoder at batch 2: 2560->512 at 16x16 takes the taps, 576->256 at 64x64 does not.
     assert layers.kernel_outweighs_map((2, 16, 16, 2560), (3, 3, 2560, 512))
     assert not layers.kernel_outweighs_map((2, 64, 64, 576), (3, 3, 576, 256))
+    assert not layers.kernel_outweighs_map((2, 32, 32, 1088), (3, 3, 1088, 256))  # 2304 < 1.5 * 2048
 
 
 @needs_torch
