@@ -382,6 +382,31 @@ def test_conv_value_and_grads_float32(cin, cout, k, stride, padding, size, impl)
         assert rel_err(g, e) <= F32_RTOL, name
 
 
+# The C++ forward of dense stride-1 "same" convs (cpu_kernels.dense_conv_forward, the "matmul"
+# forward where it built): pixel runs of 1-3 after the 4-pixel tiles (widths 5, 7, 1), output
+# channels in 1, 3 and 4 vectors of 16, input channels over one 256-channel block (300), 1x1 and
+# 5x5 kernels. Values only: the gradients are the formulations' own, checked above.
+DENSE_FORWARD_CONVS = [(300, 48, 3, 1, 5), (8, 16, 3, 1, 7), (24, 64, 5, 2, 6), (12, 32, 1, 0, 3), (16, 80, 3, 1, 1)]
+
+
+@needs_torch
+@needs_kernels
+@pytest.mark.parametrize("cin,cout,k,padding,size", DENSE_FORWARD_CONVS)
+def test_dense_conv_forward_float32(cin, cout, k, padding, size):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, size, size, cin)).astype(np.float32)
+    kernel = (rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin)).astype(np.float32)
+    y = jax.jit(cpu_kernels.dense_conv_forward)(jnp.asarray(x), jnp.asarray(kernel))
+    expected = torch_conv_reference(x, kernel, np.zeros(cout, np.float32), np.zeros((2, size, size, cout), np.float32),
+                                    1, padding)[0]
+    assert rel_err(y, expected) <= F32_RTOL
+    if k == 3:  # and the "matmul" conv layer calls it
+        layer = layers.conv(cin, cout, k, padding=padding, rngs=nnx.Rngs(0))
+        graphdef, state = nnx.split(layer)
+        text = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, jnp.asarray(x)).as_text()
+        assert "salt_DenseConvForward" in text
+
+
 # 1x1 convs over >= 2048 pixels, where "matmul" takes its kernel gradient from the C++ kernel
 # (cpu_kernels.pointwise_conv): 2x48x48 pixels, the strided one subsampled from 96x96; channels
 # off the kernel's 4/16 multiples fall back to XLA's dot.

@@ -45,7 +45,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 SOURCE = pathlib.Path(__file__).with_suffix(".cc")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-w")
-_TARGETS = ("GroupedConvForward", "GroupedConvInputGrad", "GroupedConvKernelGrad", "DenseKernelGrad")
+_TARGETS = ("GroupedConvForward", "GroupedConvInputGrad", "GroupedConvKernelGrad", "DenseKernelGrad",
+            "DenseConvForward")
 CHANNEL_BLOCK = 64  # CB of the source: the grouped conv works on blocks of 64 channels
 POINTWISE_MIN_PIXELS = 2048  # below, XLA's dot (with its transposed copies) was as fast (docs/BENCHMARKS.md)
 
@@ -154,6 +155,23 @@ def _batch_partitioned(name: str, b_batched: bool, rule: str):
 _grouped_forward = _batch_partitioned("GroupedConvForward", False, "n h w c, k l i o -> n y z o")
 _grouped_input_grad = _batch_partitioned("GroupedConvInputGrad", False, "n y z o, k l i c -> n h w c")
 _grouped_kernel_grad = _batch_partitioned("GroupedConvKernelGrad", True, "n h w c, n y z o -> n k l i o")
+
+
+_dense_forward = _batch_partitioned("DenseConvForward", False, "n h w i, k l i o -> n h w o")
+
+
+def supports_dense_forward(kernel_shape, padding) -> bool:
+    """`dense_conv_forward` computes this conv: an odd square kernel, padding (k - 1) / 2 on every
+    side (stride 1), output channels a multiple of 16."""
+    k = kernel_shape[0]
+    p = (k - 1) // 2
+    return k == kernel_shape[1] and k % 2 == 1 and padding == ((p, p), (p, p)) and kernel_shape[3] % 16 == 0
+
+
+def dense_conv_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The value (no VJP of its own: callers define the gradient) of a stride-1 "same" convolution
+    (`supports_dense_forward`), reading x and the kernel in place."""
+    return _dense_forward(x, kernel, (*x.shape[:3], kernel.shape[3]), 1)
 
 
 def supports_grouped(x_shape, kernel_shape, padding) -> bool:
