@@ -12,7 +12,8 @@
 // The input gradient is the same loop over dy with each group's kernel transposed, gathering the
 // output pixels that read each input pixel (any stride).
 //
-// The kernel gradient of a dense convolution (1x1 and 3x3 in the UNet), x and dy read in place (below).
+// The kernel gradient of a dense convolution (1x1 and 3x3 in the UNet), x and dy read in place, and
+// the forward of a dense stride-1 "same" convolution, x and the kernel read in place (below).
 #include <sched.h>
 
 #include <algorithm>

@@ -12,6 +12,11 @@
   `pointwise_conv` (a 1x1 conv as a matmul), by `layers.tapwise_kernel_grad` (the 3x3 convs) and
   by `layers.conv_transpose_phases` (a transposed conv's kernel gradient is that of a strided
   convolution of dy with x as the cotangent).
+- `dense_conv_forward`: the forward of a dense stride-1 "same" convolution, reading the kernel and
+  x in place. XLA:CPU's tap matmuls copy every tap of the kernel each call (~70 ms of the
+  SaltUNet-50's inference at batch 2) and its own convolution ran the decoder's 3x3 convs at
+  177-248 GFLOP/s; this loop 315-337. Used by `layers.conv2d_taps` and `conv2d_tapwise_grad`
+  (whose gradients stay their own).
 
 The source is compiled once per machine with the system's C++ compiler (`$CXX`, else
 `c++`/`g++`/`clang++`) for the machine's own CPU (`-march=native`) into
