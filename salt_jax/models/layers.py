@@ -92,12 +92,17 @@ def conv2d_tapwise_grad(x: Array, kernel: Array, stride: int, padding: Padding, 
 
 
 def _forward(x, kernel, stride, padding, groups, dilation):
-    """`_conv2d`, or on XLA:CPU for a dense stride-1 "same" conv the C++ forward, which reads the
-    kernel and input in place (decoder convs at batch 2: 324-337 GFLOP/s against XLA's 177-248)."""
-    if (stride == 1 and groups == 1 and dilation == 1 and cpu_kernels.usable(x.dtype)
-            and cpu_kernels.supports_dense_forward(kernel.shape, tuple(map(tuple, padding)))):
+    """`_conv2d`, or the C++ forward where `_cpp_forward_applies`."""
+    if stride == 1 and groups == 1 and dilation == 1 and _cpp_forward_applies(x, kernel, padding):
         return cpu_kernels.dense_conv_forward(x, kernel)
     return _conv2d(x, kernel, stride, padding, groups, dilation)
+
+
+def _cpp_forward_applies(x, kernel, padding) -> bool:
+    """A dense stride-1 "same" conv on XLA:CPU takes `cpu_kernels.dense_conv_forward`, which reads
+    the kernel and input in place: XLA's tap matmuls copy each kernel tap every call, and its
+    conv ran the decoder's at 177-248 GFLOP/s, the C++ loop at 315-337 (batch 2)."""
+    return cpu_kernels.usable(x.dtype) and cpu_kernels.supports_dense_forward(kernel.shape, tuple(map(tuple, padding)))
 
 
 def _tapwise_fwd(x, kernel, stride, padding, groups, dilation):
@@ -129,8 +134,8 @@ def conv2d_taps(x: Array, kernel: Array, padding: Padding) -> Array:
 
 
 def _taps_forward(x, kernel, padding):
-    if cpu_kernels.usable(x.dtype) and cpu_kernels.supports_dense_forward(kernel.shape, tuple(map(tuple, padding))):
-        return cpu_kernels.dense_conv_forward(x, kernel)  # no copies of the kernel's taps (`_forward`)
+    if _cpp_forward_applies(x, kernel, padding):
+        return cpu_kernels.dense_conv_forward(x, kernel)
     (top, bottom), (left, right) = padding
     kh, kw = kernel.shape[:2]
     xp = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
@@ -217,10 +222,11 @@ class Conv(nnx.Conv):
 
     "xla": nnx.Conv's convolution. "matmul": a 1x1 kernel is one matmul (after the stride's
     subsampling), whose kernel gradient over >= 2048 pixels in float32 on XLA:CPU comes from
-    `cpu_kernels.pointwise_conv` where the C++ kernels built; a 3x3 kernel keeps XLA's forward
-    and input gradient and takes its kernel gradient from `tapwise_kernel_grad`, except at
-    stride 1 where the kernel outweighs the map (`kernel_outweighs_map`), where it is
-    `conv2d_taps` throughout; larger kernels (the 7x7 stem, 3 input channels, whose 49 skinny
+    `cpu_kernels.pointwise_conv` where the C++ kernels built; a 3x3 kernel keeps XLA's input
+    gradient, takes its kernel gradient from `tapwise_kernel_grad` and, at stride 1 on XLA:CPU,
+    its forward from `cpu_kernels.dense_conv_forward` (`_cpp_forward_applies`); at stride 1
+    where the kernel outweighs the map (`kernel_outweighs_map`) it is `conv2d_taps`, whose input
+    gradient is tap matmuls too; larger kernels (the 7x7 stem, 3 input channels, whose 49 skinny
     matmuls measured slower) stay XLA's. `impl=None` defers to `default_conv_impl()`.
     """
 
