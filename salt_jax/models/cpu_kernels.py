@@ -167,10 +167,12 @@ _dense_forward = _batch_partitioned("DenseConvForward", False, "n h w i, k l i o
 
 def supports_dense_forward(kernel_shape, padding) -> bool:
     """`dense_conv_forward` computes this conv: an odd square kernel, padding (k - 1) / 2 on every
-    side (stride 1), output channels a multiple of 16."""
+    side (stride 1; padding as pairs ((top, bottom), (left, right)), tuples or lists), output
+    channels a multiple of 16."""
     k = kernel_shape[0]
     p = (k - 1) // 2
-    return k == kernel_shape[1] and k % 2 == 1 and padding == ((p, p), (p, p)) and kernel_shape[3] % 16 == 0
+    same = tuple(map(tuple, padding)) == ((p, p), (p, p))
+    return k == kernel_shape[1] and k % 2 == 1 and same and kernel_shape[3] % 16 == 0
 
 
 def dense_conv_forward(x: jax.Array, kernel: jax.Array) -> jax.Array:

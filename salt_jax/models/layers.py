@@ -102,7 +102,7 @@ def _cpp_forward_applies(x, kernel, padding) -> bool:
     """A dense stride-1 "same" conv on XLA:CPU takes `cpu_kernels.dense_conv_forward`, which reads
     the kernel and input in place: XLA's tap matmuls copy each kernel tap every call, and its
     conv ran the decoder's at 177-248 GFLOP/s, the C++ loop at 315-337 (batch 2)."""
-    return cpu_kernels.usable(x.dtype) and cpu_kernels.supports_dense_forward(kernel.shape, tuple(map(tuple, padding)))
+    return cpu_kernels.usable(x.dtype) and cpu_kernels.supports_dense_forward(kernel.shape, padding)
 
 
 def _tapwise_fwd(x, kernel, stride, padding, groups, dilation):
