@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -318,6 +319,18 @@ struct Dense {
   int n, h, w, ci, ho, wo, co, k, stride, top, left;
 };
 
+// Calls f(std::integral_constant<int, V>()) for v = V in 1..4 vectors of 16 output channels: the
+// tile functions take V as a template argument, so that their accumulators stay in registers.
+template <class F>
+void by_vectors(int v, F f) {
+  switch (v) {
+    case 4: f(std::integral_constant<int, 4>()); break;
+    case 3: f(std::integral_constant<int, 3>()); break;
+    case 2: f(std::integral_constant<int, 2>()); break;
+    case 1: f(std::integral_constant<int, 1>()); break;
+  }
+}
+
 // Rows [i0, i1) (multiples of RI) of every tap's dw.
 void dense_kernel_grad_rows(const float* x, const float* dy, float* dw, const Dense& g, int i0, int i1) {
   int s = g.stride;
@@ -330,15 +343,10 @@ void dense_kernel_grad_rows(const float* x, const float* dy, float* dw, const De
       int first = std::max(0, (g.left - b + s - 1) / s), last = std::min(g.wo, (g.w - 1 + g.left - b) / s + 1);
       if (g.w - 1 + g.left - b < 0 || first >= last) continue;
       auto flush = [&] {
-        for (int i = i0; i < i1; i += RI) {
-          int o = 0;
-          for (; o + 64 <= g.co; o += 64) tn_tile<4>(seg.data(), seg.size(), s * g.ci, dwt, g.co, i, o);
-          switch ((g.co - o) / 16) {
-            case 3: tn_tile<3>(seg.data(), seg.size(), s * g.ci, dwt, g.co, i, o); break;
-            case 2: tn_tile<2>(seg.data(), seg.size(), s * g.ci, dwt, g.co, i, o); break;
-            case 1: tn_tile<1>(seg.data(), seg.size(), s * g.ci, dwt, g.co, i, o); break;
-          }
-        }
+        for (int i = i0; i < i1; i += RI)
+          for (int o = 0; o < g.co; o += 64)
+            by_vectors(std::min(4, (g.co - o) / 16),
+                       [&](auto v) { tn_tile<decltype(v)::value>(seg.data(), seg.size(), s * g.ci, dwt, g.co, i, o); });
         seg.clear();
       };
       int pixels = 0;
@@ -411,27 +419,23 @@ void nn_row(const float* x, int ci, const float* w, int co, float* y, int len, i
 
 // Output rows [r0, r1) of the n * h rows of y (n, h, w, co), from x (n, h, w, ci) and w (k, k, ci, co).
 void dense_forward_rows(const float* x, const float* w, float* y, const Dense& g, int r0, int r1) {
-  int pad = (g.k - 1) / 2;
   std::memset(y + (int64_t)r0 * g.w * g.co, 0, (int64_t)(r1 - r0) * g.w * g.co * 4);
   for (int c0 = 0; c0 < g.ci; c0 += KC) {
     int c1 = std::min(g.ci, c0 + KC);
     for (int a = 0; a < g.k; ++a)
       for (int b = 0; b < g.k; ++b) {
         const float* wt = w + (int64_t)(a * g.k + b) * g.ci * g.co;
-        // output columns whose tap-b input column (ow + b - pad) lies inside the image
-        int first = std::max(0, pad - b), last = std::min(g.w, g.w + pad - b);
+        // output columns whose tap-b input column (ow + b - left) lies inside the image
+        int first = std::max(0, g.left - b), last = std::min(g.w, g.w + g.left - b);
+        if (first >= last) continue;
         for (int o = 0; o < g.co; o += 64)
           for (int row = r0; row < r1; ++row) {
-            int img = row / g.h, ih = row % g.h + a - pad;
-            if (ih < 0 || ih >= g.h || first >= last) continue;
-            const float* xr = x + ((int64_t)(img * g.h + ih) * g.w + first + b - pad) * g.ci;
+            int img = row / g.h, ih = row % g.h + a - g.top;
+            if (ih < 0 || ih >= g.h) continue;
+            const float* xr = x + ((int64_t)(img * g.h + ih) * g.w + first + b - g.left) * g.ci;
             float* yr = y + ((int64_t)row * g.w + first) * g.co;
-            switch (std::min(4, (g.co - o) / 16)) {
-              case 4: nn_row<4>(xr, g.ci, wt, g.co, yr, last - first, c0, c1, o); break;
-              case 3: nn_row<3>(xr, g.ci, wt, g.co, yr, last - first, c0, c1, o); break;
-              case 2: nn_row<2>(xr, g.ci, wt, g.co, yr, last - first, c0, c1, o); break;
-              case 1: nn_row<1>(xr, g.ci, wt, g.co, yr, last - first, c0, c1, o); break;
-            }
+            by_vectors(std::min(4, (g.co - o) / 16),
+                       [&](auto v) { nn_row<decltype(v)::value>(xr, g.ci, wt, g.co, yr, last - first, c0, c1, o); });
           }
       }
   }
@@ -441,7 +445,8 @@ void dense_forward_rows(const float* x, const float* w, float* y, const Dense& g
 ffi::Error DenseConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y,
                             int64_t stride) {
   auto xd = x.dimensions(), wd = w.dimensions();
-  Dense g{(int)xd[0], (int)xd[1], (int)xd[2], (int)xd[3], (int)xd[1], (int)xd[2], (int)wd[3], (int)wd[0], 1, 0, 0};
+  int pad = (int)(wd[0] - 1) / 2;
+  Dense g{(int)xd[0], (int)xd[1], (int)xd[2], (int)xd[3], (int)xd[1], (int)xd[2], (int)wd[3], (int)wd[0], 1, pad, pad};
   if (stride != 1 || wd[0] != wd[1] || wd[0] % 2 == 0 || wd[2] != xd[3] || g.co % 16)
     return ffi::Error::InvalidArgument("dense_conv_forward: stride 1, an odd square kernel, out channels a multiple of 16");
   parallel_for(g.n * g.h, [&](int a, int b) { dense_forward_rows(x.typed_data(), w.typed_data(), y->typed_data(), g, a, b); });
